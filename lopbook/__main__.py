@@ -1,0 +1,5 @@
+import sys
+
+from lopbook.cli import main
+
+sys.exit(main())

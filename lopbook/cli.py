@@ -1,0 +1,92 @@
+"""Command line: ``python -m lopbook run|list|info ...``.
+
+Examples::
+
+    python -m lopbook list
+    python -m lopbook run scr --mode quick
+    python -m lopbook run scr --preset full --seeds 30 --out data/scr/full.npz
+    python -m lopbook info data/scr/full.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+
+from lopbook import experiments
+from lopbook.modes import MODES
+from lopbook.results import ResultError, load_result
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    for name in experiments.names():
+        exp = experiments.get(name)
+        print(f"{name:18s} {exp.title}")
+        for pname, p in exp.presets.items():
+            scale = "paper scale" if p.paper_scale else "reduced"
+            print(f"    --preset {pname:10s} {p.seeds:3d} seeds, {scale}: {p.note}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    preset = args.preset or args.mode
+    seeds = list(range(args.seed_start, args.seed_start + args.seeds)) if args.seeds is not None else None
+    command = "python -m lopbook " + " ".join(shlex.quote(a) for a in args.argv)
+    result = experiments.run_experiment(
+        args.experiment, preset, seeds=seeds, device=args.device, out=args.out,
+        overrides=experiments.parse_overrides(args.set), mode=args.mode, fresh=args.fresh,
+        progress=not args.no_progress, command=command)
+    where = f"wrote {args.out}" if args.out else "not saved (no --out)"
+    print(f"{args.experiment}/{preset}: {result.meta['wall_time_s']:.1f} s, {where}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    res = load_result(args.path)
+    print(json.dumps(res.meta, indent=1, sort_keys=True))
+    for name, arr in sorted(res.arrays.items()):
+        print(f"  {name:30s} {str(arr.dtype):8s} {arr.shape}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m lopbook", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list experiments and their presets")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("run", help="run one experiment and write its result")
+    p.add_argument("experiment", help="experiment name (see `list`)")
+    p.add_argument("--mode", choices=[m for m in MODES if m != "cached"], default="quick",
+                   help="quick: tiny scale in seconds on a CPU; full: the preset's real scale")
+    p.add_argument("--preset", help="named preset (default: the mode's name)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda for full runs when available)")
+    p.add_argument("--seeds", type=int, help="number of seeds (default: the preset's)")
+    p.add_argument("--seed-start", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--out", help="result file (.npz); its checkpoint is <out>.ckpt")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("info", help="print the provenance and arrays of a result file")
+    p.add_argument("path")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.argv = argv
+    try:
+        return args.func(args)
+    except (experiments.ConfigError, ResultError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

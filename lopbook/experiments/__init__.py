@@ -1,0 +1,193 @@
+"""The experiment registry: what ``python -m lopbook run <experiment>`` and the chapters call.
+
+Each module in this package defines ``EXPERIMENT = Experiment(...)``: a config dataclass, named presets
+(at least ``quick`` and ``full``) and a ``run`` function. :func:`run_experiment` turns a preset into a
+:class:`~lopbook.results.Result` with provenance, checkpointing the run so it resumes after an interruption.
+Chapters call :func:`obtain`, which does the right thing for the current run mode.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import importlib
+import pkgutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lopbook.checkpoint import Checkpoint
+from lopbook.modes import Mode, check_mode, default_device, get_mode
+from lopbook.results import Result, load_cached, provenance, save_result
+
+
+class ConfigError(ValueError):
+    """A config, preset or override that the experiment does not accept."""
+
+
+@dataclass
+class RunOutput:
+    """What an experiment's ``run`` returns: named arrays and a description of the data used."""
+
+    arrays: dict[str, np.ndarray]
+    dataset: dict[str, Any]  # {"name": str, "stand_in": bool, "note": str}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named config override with an honest description of its scale."""
+
+    overrides: Mapping[str, Any]
+    seeds: int
+    paper_scale: bool
+    note: str
+
+
+RunFn = Callable[..., RunOutput]
+# run(config, *, seeds: list[int], device: str, checkpoint: Checkpoint, progress: bool) -> RunOutput
+
+
+@dataclass
+class Experiment:
+    """One experiment of the paper: its config type, presets and run function."""
+
+    name: str
+    title: str
+    config_cls: type
+    run: RunFn
+    presets: dict[str, Preset] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        missing = {"quick", "full"} - set(self.presets)
+        if missing:
+            raise ConfigError(f"experiment {self.name!r} lacks presets {sorted(missing)}")
+        for pname, preset in self.presets.items():
+            self.make_config(preset.overrides, where=f"preset {pname!r}")
+
+    def make_config(self, overrides: Mapping[str, Any] | None = None, where: str = "config") -> Any:
+        """Build the config dataclass; unknown keys are an error that lists the valid ones."""
+        overrides = dict(overrides or {})
+        names = {f.name for f in dataclasses.fields(self.config_cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ConfigError(f"{where} of experiment {self.name!r} has unknown keys {unknown}; "
+                              f"valid keys are {sorted(names)}")
+        try:
+            cfg = self.config_cls(**overrides)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{where} of experiment {self.name!r} is invalid: {err}") from err
+        validate = getattr(cfg, "validate", None)
+        if callable(validate):
+            try:
+                validate()
+            except ValueError as err:
+                raise ConfigError(f"{where} of experiment {self.name!r} is invalid: {err}") from err
+        return cfg
+
+    def preset_config(self, preset: str, overrides: Mapping[str, Any] | None = None) -> Any:
+        if preset not in self.presets:
+            raise ConfigError(f"experiment {self.name!r} has no preset {preset!r}; "
+                              f"choose one of {sorted(self.presets)}")
+        return self.make_config({**self.presets[preset].overrides, **(overrides or {})},
+                                where=f"preset {preset!r} with overrides")
+
+
+def _discover() -> dict[str, str]:
+    """Module name for each experiment module in this package (imported lazily)."""
+    return {m.name: f"{__name__}.{m.name}" for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
+
+
+def names() -> list[str]:
+    """Names of all registered experiments."""
+    return sorted(_discover())
+
+
+def get(name: str) -> Experiment:
+    """The :class:`Experiment` called ``name``; an unknown name lists the known ones."""
+    modules = _discover()
+    if name not in modules:
+        raise ConfigError(f"unknown experiment {name!r}; known experiments: {', '.join(sorted(modules))}")
+    exp = importlib.import_module(modules[name]).EXPERIMENT
+    if exp.name != name:
+        raise ConfigError(f"module {modules[name]} registers {exp.name!r}, expected {name!r}")
+    return exp
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """Turn ``["lr=0.01", "methods=['bp','cbp']"]`` into a dict (values parsed as Python literals)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        try:
+            out[key.strip()] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = raw  # a bare string such as relu
+    return out
+
+
+def run_experiment(name: str, preset: str = "quick", *, seeds: int | list[int] | None = None,
+                   device: str | None = None, out: str | Path | None = None,
+                   overrides: Mapping[str, Any] | None = None, mode: Mode | None = None,
+                   checkpoint_path: str | Path | None = None, fresh: bool = False,
+                   progress: bool = True, command: str | None = None) -> Result:
+    """Run ``name`` with ``preset`` (plus ``overrides``) and return the result; save it if ``out`` is given.
+
+    Long runs checkpoint next to ``out`` (``<out>.ckpt``) and resume from there when restarted with the
+    same config and seeds; the checkpoint is removed once the result is written.
+    """
+    exp = get(name)
+    cfg = exp.preset_config(preset, overrides)
+    mode = check_mode(mode or ("quick" if preset == "quick" else "full"))
+    if seeds is None:
+        seeds = exp.presets[preset].seeds
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list:
+        raise ConfigError("need at least one seed")
+    device = device or default_device(mode)
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
+    if checkpoint_path is None and out is not None:
+        checkpoint_path = Path(str(out) + ".ckpt")
+    cfg_dict = dataclasses.asdict(cfg)
+    ckpt = Checkpoint(checkpoint_path, key={"experiment": name, "config": cfg_dict, "seeds": seed_list})
+    if fresh:
+        ckpt.clear()
+    start = time.perf_counter()
+    output = exp.run(cfg, seeds=seed_list, device=device, checkpoint=ckpt, progress=progress)
+    p = exp.presets[preset]
+    scale_note = p.note + (" (with overrides " + ", ".join(f"{k}={v}" for k, v in overrides.items()) + ")"
+                           if overrides else "")
+    meta = provenance(experiment=name, preset=preset, mode=mode, config=cfg_dict, seeds=seed_list,
+                      device=device, wall_time_s=time.perf_counter() - start, dataset=output.dataset,
+                      scale={"paper_scale": p.paper_scale and not overrides, "note": scale_note},
+                      command=command)
+    result = Result(arrays={k: np.asarray(v) for k, v in output.arrays.items()}, meta=meta)
+    if out is not None:
+        save_result(result, out)
+        ckpt.clear()
+    return result
+
+
+def obtain(name: str, mode: Mode | None = None, preset: str = "full", **overrides: Any) -> Result:
+    """What a chapter calls: load the cached result, or train a quick/full one, by run mode.
+
+    ``cached``: load ``data/<name>/<preset>.npz`` (no training). ``quick``: run the ``quick`` preset in
+    process (``overrides`` apply). ``full``: run ``preset`` at its scale, saving to ``runs/<name>/`` and
+    resuming from the checkpoint there.
+    """
+    mode = mode or get_mode()
+    if mode == "cached":
+        return load_cached(name, preset)
+    if mode == "quick":
+        return run_experiment(name, "quick", overrides=overrides, mode="quick", progress=False)
+    out = Path("runs") / name / f"{preset}.npz"
+    return run_experiment(name, preset, overrides=overrides, mode="full", out=out)

@@ -1,0 +1,144 @@
+"""Figures for the book: plotly figures that work in static HTML, Jupyter and Colab.
+
+Shared helpers live at the top (:func:`show`, :func:`mean_and_band`, :func:`band_traces`);
+chapter-specific figure builders follow, one section per chapter.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+# One colour per method everywhere in the book, so BP and CBP look the same on every page.
+METHOD_COLORS: dict[str, str] = {
+    "bp": "#d62728", "cbp": "#1f77b4", "l2": "#2ca02c", "snp": "#9467bd", "redo": "#ff7f0e",
+    "l2init": "#17becf", "layernorm": "#8c564b", "head_reset": "#e377c2", "retrain": "#7f7f7f",
+    "linear": "#000000",
+}
+_FALLBACK = ["#bcbd22", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94"]
+
+
+def color(name: str, i: int = 0) -> str:
+    """The book's colour for a method name (prefix match: ``cbp_1e-4`` gets CBP's colour)."""
+    key = name.lower()
+    for method, col in METHOD_COLORS.items():
+        if key == method or key.startswith(method + "_") or key.startswith(method + " "):
+            return col
+    return _FALLBACK[i % len(_FALLBACK)]
+
+
+def show(fig: go.Figure) -> None:
+    """Display ``fig`` so that it draws in the built book, in Jupyter and in Colab.
+
+    The book loads plotly.js once per page (see :mod:`lopbook.sphinx_ext`) and renders the HTML part;
+    JupyterLab and VS Code render plotly's own mime type; Colab gets its own renderer.
+    """
+    if "google.colab" in sys.modules:
+        fig.show(renderer="colab")
+        return
+    from IPython.display import display
+
+    bundle = {
+        "application/vnd.plotly.v1+json": json.loads(fig.to_json()),
+        "text/html": fig.to_html(include_plotlyjs=False, full_html=False, config={"responsive": True}),
+    }
+    display(bundle, raw=True)
+
+
+def mean_and_band(runs: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over axis 0 and a ``z``-standard-error band (95% normal CI by default)."""
+    runs = np.asarray(runs, dtype=float)
+    if runs.ndim == 1:
+        runs = runs[None]
+    mean = runs.mean(0)
+    se = runs.std(0, ddof=1) / np.sqrt(runs.shape[0]) if runs.shape[0] > 1 else np.zeros_like(mean)
+    return mean, mean - z * se, mean + z * se
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    h = hex_color.lstrip("#")
+    r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
+    return f"rgba({r},{g},{b},{alpha})"
+
+
+def band_traces(x: np.ndarray, runs: np.ndarray, name: str, col: str | None = None,
+                visible: bool | str = True, legendgroup: str | None = None) -> list[go.Scatter]:
+    """A mean line and a shaded 95% band over seeds (``runs`` has shape seeds x points)."""
+    col = col or color(name)
+    mean, lo, hi = mean_and_band(runs)
+    group = legendgroup or name
+    band = go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]), fill="toself",
+                      fillcolor=_rgba(col, 0.2), line={"width": 0}, hoverinfo="skip", showlegend=False,
+                      legendgroup=group, visible=visible, name=f"{name} 95% CI")
+    line = go.Scatter(x=x, y=mean, name=name, line={"color": col, "width": 2}, legendgroup=group,
+                      visible=visible)
+    return [band, line]
+
+
+def curves_figure(x: np.ndarray, curves: Mapping[str, np.ndarray], *, title: str, xaxis: str, yaxis: str,
+                  reference: Mapping[str, float] | None = None) -> go.Figure:
+    """Mean ± 95% CI curves, one per method, with buttons to show all methods or one at a time.
+
+    ``curves`` maps a label to a (seeds x points) array; ``reference`` adds dotted horizontal lines
+    (e.g. a published number or a linear baseline).
+    """
+    fig = go.Figure()
+    labels = list(curves)
+    for i, label in enumerate(labels):
+        for tr in band_traces(np.asarray(x), curves[label], label, color(label, i)):
+            fig.add_trace(tr)
+    for text, value in (reference or {}).items():
+        fig.add_hline(y=value, line_dash="dot", line_color="black", annotation_text=text,
+                      annotation_position="top left")
+    n = len(fig.data)
+    buttons = [{"label": "all", "method": "update", "args": [{"visible": [True] * n}]}]
+    for i, label in enumerate(labels):
+        vis = [j // 2 == i for j in range(n)]
+        buttons.append({"label": label, "method": "update", "args": [{"visible": vis}]})
+    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis, template="plotly_white",
+                      hovermode="x unified", height=450, margin={"t": 80},
+                      updatemenus=[{"buttons": buttons, "direction": "down", "x": 1.0, "xanchor": "right",
+                                    "y": 1.15, "yanchor": "top"}])
+    return fig
+
+
+def metric_dropdown_figure(x: np.ndarray, metrics: Mapping[str, Mapping[str, np.ndarray]], *, title: str,
+                           xaxis: str) -> go.Figure:
+    """One panel, a dropdown to pick the metric; ``metrics[metric][method]`` is (seeds x points)."""
+    fig = go.Figure()
+    names = list(metrics)
+    spans: list[tuple[int, int]] = []
+    for k, metric in enumerate(names):
+        start = len(fig.data)
+        for i, label in enumerate(metrics[metric]):
+            for tr in band_traces(np.asarray(x), metrics[metric][label], label, color(label, i),
+                                  visible=k == 0, legendgroup=f"{metric}:{label}"):
+                fig.add_trace(tr)
+        spans.append((start, len(fig.data)))
+    n = len(fig.data)
+    buttons = [{"label": metric, "method": "update",
+                "args": [{"visible": [a <= j < b for j in range(n)]}, {"yaxis": {"title": {"text": metric}}}]}
+               for metric, (a, b) in zip(names, spans)]
+    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=names[0] if names else "",
+                      template="plotly_white", height=450, margin={"t": 80},
+                      updatemenus=[{"buttons": buttons, "direction": "down", "x": 1.0, "xanchor": "right",
+                                    "y": 1.15, "yanchor": "top"}])
+    return fig
+
+
+def bin_mean(values: np.ndarray, bin_size: int, axis: int = -1) -> np.ndarray:
+    """Average consecutive blocks of ``bin_size`` along ``axis`` (a trailing partial block is dropped)."""
+    values = np.moveaxis(np.asarray(values), axis, -1)
+    n = values.shape[-1] // bin_size
+    if n == 0:
+        raise ValueError(f"bin size {bin_size} is larger than the series ({values.shape[-1]} points)")
+    out = values[..., : n * bin_size].reshape(*values.shape[:-1], n, bin_size).mean(-1)
+    return np.moveaxis(out, -1, axis)
+
+
+__all__: Sequence[str] = ["show", "color", "mean_and_band", "band_traces", "curves_figure",
+                          "metric_dropdown_figure", "bin_mean", "METHOD_COLORS"]

@@ -1,0 +1,253 @@
+"""The results store: one file per result, arrays plus JSON provenance, written atomically.
+
+A result file is a zip archive with the ``.npz`` suffix: every array is a ``<name>.npy`` member (so
+``numpy.load`` reads it like any ``.npz``) and the provenance is a ``meta.json`` member, readable with
+``unzip -p file.npz meta.json`` or ``python -m lopbook info file.npz``. One file means one atomic
+``os.replace``: a reader never sees arrays without their provenance, and an interrupted write leaves
+the previous result intact.
+
+Cached results live in ``data/<experiment>/<preset>.npz`` and are produced only by the CLI
+(``python -m lopbook run <experiment> --preset <preset> --out data/<experiment>/<preset>.npz``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+META_MEMBER = "meta.json"
+
+# key -> accepted types; checked on every load so a malformed file fails with a clear message
+META_SCHEMA: dict[str, tuple[type, ...]] = {
+    "schema_version": (int,),
+    "experiment": (str,),
+    "preset": (str,),
+    "mode": (str,),
+    "config": (dict,),
+    "seeds": (list,),
+    "scale": (dict,),
+    "dataset": (dict,),
+    "device": (str,),
+    "versions": (dict,),
+    "git_commit": (str, type(None)),
+    "wall_time_s": (float, int),
+    "created": (str,),
+    "command": (str,),
+}
+DATASET_KEYS = ("name", "stand_in", "note")
+SCALE_KEYS = ("paper_scale", "note")
+
+
+class ResultError(Exception):
+    """Base class for results-store errors."""
+
+
+class ResultSchemaError(ResultError):
+    """A result file exists but does not follow the store's format."""
+
+
+class MissingResultError(ResultError, FileNotFoundError):
+    """A cached result the book needs is not in ``data/``."""
+
+
+@dataclass
+class Result:
+    """Named arrays (curves, metrics) and the provenance that says where they came from."""
+
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        try:
+            return self.arrays[name]
+        except KeyError:
+            raise KeyError(f"result of {self.meta.get('experiment', '?')!r} has no array {name!r}; "
+                           f"it has {sorted(self.arrays)}") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.arrays
+
+    def describe(self) -> str:
+        """One paragraph for a chapter: data, scale, seeds, device, time and commit."""
+        m = self.meta
+        ds = m.get("dataset", {})
+        data = ds.get("name", "?") + (" (a stand-in for the paper's data)" if ds.get("stand_in") else "")
+        scale = m.get("scale", {})
+        scale_txt = "the paper's full scale" if scale.get("paper_scale") else "a reduced scale"
+        if scale.get("note"):
+            scale_txt += f" ({scale['note']})"
+        return (f"Result `{m.get('experiment')}/{m.get('preset')}`: data {data}; {scale_txt}; "
+                f"{len(m.get('seeds', []))} seeds; device {m.get('device')}; "
+                f"{m.get('wall_time_s', 0):.0f} s wall time; commit {str(m.get('git_commit'))[:10]}; "
+                f"created {m.get('created')}.")
+
+
+def _git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the interpreter and of the packages a result depends on."""
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("lopbook", "torch", "numpy", "gymnasium", "mujoco"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def provenance(*, experiment: str, preset: str, mode: str, config: dict[str, Any], seeds: list[int],
+               device: str, wall_time_s: float, dataset: dict[str, Any], scale: dict[str, Any],
+               command: str | None = None) -> dict[str, Any]:
+    """Build the ``meta`` dict of a result; every field of :data:`META_SCHEMA` is filled."""
+    meta = {
+        "schema_version": SCHEMA_VERSION,
+        "experiment": experiment,
+        "preset": preset,
+        "mode": mode,
+        "config": config,
+        "seeds": [int(s) for s in seeds],
+        "scale": dict(scale),
+        "dataset": dict(dataset),
+        "device": device,
+        "versions": package_versions(),
+        "git_commit": _git_commit(),
+        "wall_time_s": float(wall_time_s),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": command if command is not None else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    }
+    check_meta(meta)
+    return meta
+
+
+def check_meta(meta: dict[str, Any], source: str = "result") -> None:
+    """Raise :class:`ResultSchemaError` naming every problem with ``meta``."""
+    problems = []
+    for key, types in META_SCHEMA.items():
+        if key not in meta:
+            problems.append(f"missing key {key!r}")
+        elif not isinstance(meta[key], types) or isinstance(meta[key], bool) and bool not in types:
+            problems.append(f"{key!r} should be {'/'.join(t.__name__ for t in types)}, "
+                            f"got {type(meta[key]).__name__}")
+    for sub, keys in (("dataset", DATASET_KEYS), ("scale", SCALE_KEYS)):
+        if isinstance(meta.get(sub), dict):
+            problems += [f"{sub!r} lacks {k!r}" for k in keys if k not in meta[sub]]
+    if meta.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+        problems.append(f"schema_version {meta.get('schema_version')} is not {SCHEMA_VERSION}")
+    if problems:
+        raise ResultSchemaError(f"{source} is not a valid lopbook result: " + "; ".join(problems)
+                                + ". Regenerate it with `python -m lopbook run ...`.")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot store {type(obj).__name__} in result metadata")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_result(result: Result, path: str | os.PathLike) -> Path:
+    """Check and write ``result`` atomically to ``path`` (a ``.npz`` file); returns the path."""
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise ValueError(f"result files end in .npz, got {path}")
+    check_meta(result.meta)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, arr in result.arrays.items():
+            arr = np.asarray(arr)
+            if arr.dtype == object:
+                raise TypeError(f"array {name!r} has dtype object; store numbers or strings only")
+            member = io.BytesIO()
+            np.lib.format.write_array(member, arr, allow_pickle=False)
+            zf.writestr(f"{name}.npy", member.getvalue())
+        zf.writestr(META_MEMBER, json.dumps(result.meta, indent=1, sort_keys=True, default=_json_default))
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def load_result(path: str | os.PathLike) -> Result:
+    """Read a result file, checking its schema; raises :class:`ResultSchemaError` on a bad file."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingResultError(f"no result file at {path}")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            if META_MEMBER not in names:
+                raise ResultSchemaError(f"{path} has no {META_MEMBER}; it was not written by lopbook.results")
+            meta = json.loads(zf.read(META_MEMBER))
+            arrays = {n[:-4]: np.lib.format.read_array(io.BytesIO(zf.read(n)), allow_pickle=False)
+                      for n in names if n.endswith(".npy")}
+    except (zipfile.BadZipFile, json.JSONDecodeError, ValueError) as err:
+        raise ResultSchemaError(f"{path} is not a readable lopbook result ({err})") from err
+    check_meta(meta, source=str(path))
+    return Result(arrays=arrays, meta=meta)
+
+
+def data_dir() -> Path:
+    """Where cached results live: ``$LOPBOOK_DATA`` or the ``data/`` folder of the repository."""
+    env = os.environ.get("LOPBOOK_DATA")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "data"
+
+
+def cached_path(experiment: str, preset: str = "full") -> Path:
+    return data_dir() / experiment / f"{preset}.npz"
+
+
+def produce_command(experiment: str, preset: str = "full") -> str:
+    """The CLI command that writes the cached result ``experiment/preset``."""
+    return f"python -m lopbook run {experiment} --preset {preset} --out data/{experiment}/{preset}.npz"
+
+
+def load_cached(experiment: str, preset: str = "full") -> Result:
+    """Load ``data/<experiment>/<preset>.npz``; a missing file names the command that makes it."""
+    path = cached_path(experiment, preset)
+    if not path.exists():
+        raise MissingResultError(
+            f"cached result {path} is missing. Produce it with:\n    {produce_command(experiment, preset)}\n"
+            f"or run the chapter with LOPBOOK_MODE=quick to train a tiny version instead.")
+    return load_result(path)
