@@ -122,7 +122,7 @@ def metric_dropdown_figure(x: np.ndarray, metrics: Mapping[str, Mapping[str, np.
     n = len(fig.data)
     buttons = [{"label": metric, "method": "update",
                 "args": [{"visible": [a <= j < b for j in range(n)]}, {"yaxis": {"title": {"text": metric}}}]}
-               for metric, (a, b) in zip(names, spans)]
+               for metric, (a, b) in zip(names, spans, strict=True)]
     fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=names[0] if names else "",
                       template="plotly_white", height=450, margin={"t": 80},
                       updatemenus=[{"buttons": buttons, "direction": "down", "x": 1.0, "xanchor": "right",

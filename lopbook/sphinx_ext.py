@@ -27,6 +27,20 @@ def _add_plotly_js(app: Sphinx) -> None:
     app.add_js_file("plotly.min.js", priority=200)
 
 
+def _dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    """Drop repeated <script> entries: sphinx-thebe registers its config script twice under
+    jupyter-book 1.0.4, and the second ``const THEBE_JS_URL`` is a JavaScript error on every page."""
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for js in context.get("script_files", []):
+        key = (str(getattr(js, "filename", js) or ""), repr(sorted(getattr(js, "attributes", {}).items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(js)
+    context["script_files"] = unique
+
+
 def setup(app: Sphinx) -> dict:
     app.connect("builder-inited", _add_plotly_js)
+    app.connect("html-page-context", _dedupe_scripts, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
