@@ -6,6 +6,7 @@ Examples::
     python -m lopbook run scr --mode quick
     python -m lopbook run scr --preset full --seeds 30 --out data/scr/full.npz
     python -m lopbook info data/scr/full.npz
+    python -m lopbook sweep run sweeps/scr_cbp_rates.yaml --max-parallel 2
 """
 
 from __future__ import annotations
@@ -77,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print the provenance and arrays of a result file")
     p.add_argument("path")
     p.set_defaults(func=_cmd_info)
+
+    from lopbook.sweep import add_sweep_parser  # sweep run|status|aggregate CONFIG
+
+    add_sweep_parser(sub)
     return parser
 
 
