@@ -129,3 +129,13 @@ def test_cli_run_and_info(toy_registered, tmp_path: Path, capsys: pytest.Capture
     assert "unknown keys ['bogus']" in capsys.readouterr().err
     assert cli.main(["list"]) == 0
     assert "toy" in capsys.readouterr().out
+
+
+def test_module_entry_point_runs_as_a_program():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "lopbook", "run", "no_such_experiment"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown experiment 'no_such_experiment'" in proc.stderr
