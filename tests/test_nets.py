@@ -138,3 +138,15 @@ def test_ppo_nets_lecun_init_and_distribution():
         actor.log_std.fill_(2.0)
     actor.reset_parameters()
     assert actor.log_std.abs().sum() == 0
+
+
+def test_nets_are_fx_traceable():
+    # the CBP engine discovers units by symbolic tracing; the ConvNet's input check must not break it
+    import torch.fx
+
+    for net, x in [(ConvNet(), torch.randn(2, 3, 32, 32)), (MLP(4, [3], 2, layer_norm=True), torch.randn(2, 4)),
+                   (PPOActor(5, 2), torch.randn(2, 5)), (PPOCritic(5), torch.randn(2, 5))]:
+        gm = torch.fx.symbolic_trace(net)
+        torch.testing.assert_close(gm(x), net(x))
+    with pytest.raises(ValueError, match="32, 32"):
+        torch.fx.symbolic_trace(ConvNet())(torch.randn(1, 3, 16, 16))
