@@ -164,7 +164,10 @@ class ContinualBackprop:
                                "(with grad enabled), backward and optimizer.step() of the model it was built on")
         self.steps += 1
         eta, total = self.decay_rate, 0
-        for i, (g, s, f) in enumerate(zip(self.groups, self.states, feats, strict=True)):
+        # Deepest group first: if units of consecutive layers are replaced together, the shallower layer's
+        # zeroed outgoing columns are written last, so they stay 0 in the deeper layer's fresh rows too.
+        for i in reversed(range(len(self.groups))):
+            g, s, f = self.groups[i], self.states[i], feats[i]
             self.last_replaced[i] = None
             if f is None:  # this layer was not used in the forward pass
                 continue

@@ -65,7 +65,8 @@ class ReDo:
             if all(f is None for f in self.hooks.latest):
                 raise RuntimeError("ReDo.step() saw no features on a reset step: call it after a training "
                                    "forward (grad enabled), backward and optimizer.step() of its model")
-            for i, (g, f) in enumerate(zip(self.groups, self.hooks.latest, strict=True)):
+            for i in reversed(range(len(self.groups))):  # deepest first, as in ContinualBackprop.step
+                g, f = self.groups[i], self.hooks.latest[i]
                 if f is None:
                     continue
                 score = f / (f.mean() + 1e-9)
