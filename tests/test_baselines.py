@@ -227,6 +227,10 @@ def test_reset_head_reinit_kaiming_normal_linear():
     reset_head(model, mode="reinit")  # a model with a .head is accepted too
     assert model.head.weight.std().item() == pytest.approx(1 / math.sqrt(512), rel=0.02)
     assert model.head.bias.abs().sum() == 0
+    from lopbook.nets import ResNet18
+
+    resnet = ResNet18(num_classes=5, widths=(4, 4, 4, 4))
+    assert reset_head(resnet, mode="zero") is resnet.fc and resnet.fc.weight.abs().sum() == 0
     with pytest.raises(ValueError, match="mode"):
         reset_head(model.head, mode="random")
     with pytest.raises(ValueError, match="weight"):

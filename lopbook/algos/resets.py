@@ -32,16 +32,18 @@ def clear_optimizer_state(optimizer: torch.optim.Optimizer, params: Iterable[tor
 
 
 def _head_of(layer: nn.Module) -> nn.Module:
-    if getattr(layer, "weight", None) is None and isinstance(getattr(layer, "head", None), nn.Module):
-        return layer.head  # a whole network with a .head was passed
-    if getattr(layer, "weight", None) is None:
-        raise ValueError(f"reset_head needs a layer with a weight (e.g. model.head), got {type(layer).__name__}")
-    return layer
+    if getattr(layer, "weight", None) is not None:
+        return layer
+    for attr in ("head", "fc"):  # a whole network was passed: lopbook nets name the output layer head (ResNet: fc)
+        if isinstance(getattr(layer, attr, None), nn.Module) and getattr(getattr(layer, attr), "weight", None) is not None:
+            return getattr(layer, attr)
+    raise ValueError(f"reset_head needs the output layer (e.g. model.head) or a network with a .head/.fc, "
+                     f"got {type(layer).__name__}")
 
 
 @torch.no_grad()
 def reset_head(layer: nn.Module, optimizer: torch.optim.Optimizer | None = None, mode: str = "zero") -> nn.Module:
-    """Reset the output layer ``layer`` (or ``model.head`` if a network with a ``head`` is passed).
+    """Reset the output layer ``layer`` (or ``model.head`` / ``model.fc`` if a whole network is passed).
 
     Modes: ``"zero"`` (weights and bias 0; Continual ImageNet), ``"reinit"`` (kaiming-normal with gain 1
     ('linear'), bias 0; CIFAR-100 head resetting), ``"default"`` (the layer's own ``reset_parameters()``).
