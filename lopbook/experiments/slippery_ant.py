@@ -9,7 +9,7 @@ Arrays (M methods, S seeds, B return bins, I PPO iterations, L policy hidden lay
 ``methods`` (M,), ``bin_end`` (B,), ``returns_binned`` (M, S, B) mean return of the episodes that ended in each
 bin (NaN if none), ``iter_step`` (I,), ``friction`` (M, S, I) friction in effect at each iteration's end,
 ``dormant`` (M, S, I, L), ``stable_rank`` (M, S, I), ``weight_mag`` (M, S, I, L+1), ``pg_loss``, ``v_loss``,
-``sps`` (M, S, I), and every episode: ``ep_return``, ``ep_step``, ``ep_friction``, ``ep_method``, ``ep_seed``.
+``sps``, ``replaced`` (units re-initialised so far by CBP/ReDo) (M, S, I), and every episode: ``ep_return``, ``ep_step``, ``ep_friction``, ``ep_method``, ``ep_seed``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ class SlipperyAntConfig:
     bootstrap_truncation: bool = True    # False = upstream's (buggy) time-limit-as-termination
     bin_steps: int = 100_000             # width of the return bins (paper: 100k for slippery Ant)
     threads: int = 1                     # torch threads per process
+    cbp_maturity: int = 10_000           # CBP's m in minibatch updates (paper 1e4 = 128k env steps)
+    cbp_replacement_rate: float = 1e-4   # CBP's rho
 
     def validate(self) -> None:
         if self.env_id not in ENV_KWARGS:
@@ -58,10 +60,14 @@ class SlipperyAntConfig:
         self.ppo_config("bp").validate()
 
     def ppo_config(self, method: str) -> Any:
-        return config_for(method, env_id=self.env_id, num_envs=self.num_envs, num_steps=self.num_steps,
-                          num_minibatches=self.num_minibatches, update_epochs=self.update_epochs,
-                          hidden=tuple(self.hidden), change_every=self.change_every,
-                          fixed_friction=self.fixed_friction, bootstrap_truncation=self.bootstrap_truncation)
+        cfg = config_for(method, env_id=self.env_id, num_envs=self.num_envs, num_steps=self.num_steps,
+                         num_minibatches=self.num_minibatches, update_epochs=self.update_epochs,
+                         hidden=tuple(self.hidden), change_every=self.change_every,
+                         fixed_friction=self.fixed_friction, bootstrap_truncation=self.bootstrap_truncation)
+        if method == "cbp":
+            cfg.method = {**cfg.method, "maturity_threshold": self.cbp_maturity,
+                          "replacement_rate": self.cbp_replacement_rate}
+        return cfg
 
     @property
     def n_iters(self) -> int:
@@ -82,6 +88,7 @@ def _run_arrays(agent: PPO, cfg: SlipperyAntConfig) -> dict[str, np.ndarray]:
     return {"returns_binned": binned, "friction": np.asarray(it["friction"]), "dormant": np.asarray(it["dormant"]),
             "stable_rank": np.asarray(it["stable_rank"], float), "weight_mag": np.asarray(it["weight_mag"]),
             "pg_loss": np.asarray(it["pg_loss"]), "v_loss": np.asarray(it["v_loss"]), "sps": np.asarray(it["sps"]),
+            "replaced": np.asarray(it["replaced"]),
             "iter_step": np.asarray(it["step"], np.int64), "ep_return": ep_ret, "ep_step": ep_step,
             "ep_friction": np.asarray(agent.episodes["friction"], float)}
 
@@ -134,7 +141,8 @@ def _stack(done: dict[str, dict[str, np.ndarray]], cfg: SlipperyAntConfig, seeds
     first = done[f"{cfg.methods[0]}/{seeds[0]}"]
     out["bin_end"] = (np.arange(len(first["returns_binned"])) + 1) * cfg.bin_steps
     out["iter_step"] = first["iter_step"]
-    for k in ("returns_binned", "friction", "dormant", "stable_rank", "weight_mag", "pg_loss", "v_loss", "sps"):
+    for k in ("returns_binned", "friction", "dormant", "stable_rank", "weight_mag", "pg_loss", "v_loss", "sps",
+              "replaced"):
         out[k] = np.stack([np.stack([done[f"{m}/{s}"][k] for s in seeds]) for m in cfg.methods])
     eps = [(mi, si, done[f"{m}/{s}"]) for mi, m in enumerate(cfg.methods) for si, s in enumerate(seeds)]
     for k in ("ep_return", "ep_step", "ep_friction"):
@@ -151,15 +159,17 @@ EXPERIMENT = Experiment(
     run=run,
     presets={
         "quick": Preset({"methods": ("bp", "cbp"), "total_steps": 2048, "change_every": 1000, "num_steps": 512,
-                         "num_minibatches": 4, "update_epochs": 2, "num_envs": 2, "bin_steps": 512},
+                         "num_minibatches": 4, "update_epochs": 2, "num_envs": 2, "bin_steps": 512,
+                         "cbp_maturity": 20},
                         seeds=1, paper_scale=False,
                         note="smoke test: 2,048 steps, friction change after 1,000, 2 epochs x 4 minibatches"),
         "cpu": Preset({"methods": ("bp", "l2", "cbp", "redo"), "total_steps": 61_440, "change_every": 20_000,
-                       "num_envs": 4, "bin_steps": 6_144},
+                       "num_envs": 4, "bin_steps": 6_144, "cbp_maturity": 1_000},
                       seeds=2, paper_scale=False,
                       note="CPU run: 61k steps per run (paper: 20M), friction change after 20k (paper: 2M), "
                            "4 of 5 methods, 2 seeds (paper: 100), 4 parallel envs; PPO hyperparameters as in "
-                           "the paper (so CBP's maturity of 10k updates is reached only after ~128k steps)"),
+                           "the paper except CBP's maturity m = 1,000 updates (paper 10,000 = 128k steps, longer than "
+                           "this whole run)"),
         "full": Preset({}, seeds=30, paper_scale=True,
                        note="paper scale: 20M steps, friction change every 2M, std/ns/l2/cbp/redo"),
         "ant": Preset({"fixed_friction": 1.0, "total_steps": 50_000_000, "bin_steps": 250_000}, seeds=20,

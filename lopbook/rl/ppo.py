@@ -176,7 +176,7 @@ class PPO:
         self.ep_return = np.zeros(cfg.num_envs)
         self.episodes: dict[str, list[float]] = {"return": [], "step": [], "friction": []}
         self.iters: dict[str, list[Any]] = {"step": [], "friction": [], "dormant": [], "stable_rank": [],
-                                            "weight_mag": [], "pg_loss": [], "v_loss": [], "sps": []}
+                                            "weight_mag": [], "pg_loss": [], "v_loss": [], "sps": [], "replaced": []}
 
     # ---- rollout -----------------------------------------------------------------------------------------
     def collect(self) -> dict[str, np.ndarray]:
@@ -272,6 +272,9 @@ class PPO:
         it["pg_loss"].append(pg_loss)
         it["v_loss"].append(v_loss)
         it["sps"].append(sps)
+        # units re-initialised so far by CBP / ReDo in both nets (0 for the other variants)
+        it["replaced"].append(sum(sum(getattr(m, "n_replaced", None) or getattr(m, "n_reset", [0]))
+                                  for m in self.methods))
 
     # ---- checkpointing -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
