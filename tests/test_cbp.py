@@ -88,6 +88,26 @@ def test_discovery_groups_and_errors() -> None:
         ContinualBackprop(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1)), None)
 
 
+def test_discovery_on_library_nets_and_custom_activations() -> None:
+    from lopbook.nets import MLP, ConvNet
+
+    cbp = ContinualBackprop(ConvNet(2), None)
+    assert [(g.name, g.cols_per_unit) for g in cbp.groups] == [
+        ("features.0", 1), ("features.3", 1), ("features.6", 4), ("fc.0", 1), ("fc.2", 1)]
+    assert len(ContinualBackprop(MLP(5, [8, 8], 2, activation="linear"), None).groups) == 2
+    assert all(isinstance(g.norm, nn.LayerNorm)
+               for g in ContinualBackprop(MLP(5, [8, 8], 2, layer_norm=True), None).groups)
+
+    class Cube(nn.Module):
+        is_activation = True
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x ** 3
+
+    m = nn.Sequential(nn.Linear(3, 4), Cube(), nn.Linear(4, 1))
+    assert [g.name for g in ContinualBackprop(m, None).groups] == ["0"]
+
+
 def test_step_without_forward_raises() -> None:
     m = mlp()
     cbp = ContinualBackprop(m, None)

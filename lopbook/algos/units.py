@@ -106,6 +106,13 @@ class UnitGroup:
 
 # --------------------------------------------------------------------------------------------- discovery
 
+def _is_activation(mod: nn.Module) -> bool:
+    if isinstance(mod, ACTIVATION_TYPES):
+        return True
+    # lopbook's 'linear' activation is a distinct nn.Identity subclass: a hidden layer, not a pass-through
+    return getattr(type(mod), "__name__", "") == "IdentityActivation" or bool(getattr(mod, "is_activation", False))
+
+
 def _is_flatten(node: fx.Node) -> bool:
     return ((node.op == "call_function" and node.target in _FLATTEN_FUNCS)
             or (node.op == "call_method" and node.target in _FLATTEN_METHODS))
@@ -116,6 +123,13 @@ def _is_functional_act(node: fx.Node) -> bool:
             or (node.op == "call_method" and node.target in _METHOD_ACTS))
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx tracer that keeps activation modules (also custom ones) as single call_module nodes."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return _is_activation(m) or super().is_leaf_module(m, qualname)
+
+
 def find_unit_groups(model: nn.Module) -> tuple[list[UnitGroup], dict[str, str]]:
     """Find every replaceable unit group of ``model`` by ``torch.fx`` symbolic tracing.
 
@@ -124,7 +138,7 @@ def find_unit_groups(model: nn.Module) -> tuple[list[UnitGroup], dict[str, str]]
     when the model cannot be traced, uses functional activations, or reuses one activation module twice.
     """
     try:
-        gm = fx.symbolic_trace(model)
+        gm = fx.GraphModule(model, _Tracer().trace(model))
     except Exception as e:  # noqa: BLE001 - any tracing failure gets the same advice
         raise UnitDiscoveryError(
             f"could not trace {type(model).__name__} with torch.fx ({type(e).__name__}: {e}). Make forward() "
@@ -169,7 +183,7 @@ def find_unit_groups(model: nn.Module) -> tuple[list[UnitGroup], dict[str, str]]
                     consumer = (str(nxt.target), mod)
             elif mod is not None and isinstance(mod, NORM_TYPES) and act is None and norm is None:
                 norm = mod
-            elif mod is not None and isinstance(mod, ACTIVATION_TYPES) and act is None:
+            elif mod is not None and _is_activation(mod) and act is None:
                 if calls[nxt.target] > 1:
                     raise UnitDiscoveryError(
                         f"activation module '{nxt.target}' is called {calls[nxt.target]} times in forward(); "
@@ -224,7 +238,8 @@ def find_unit_groups(model: nn.Module) -> tuple[list[UnitGroup], dict[str, str]]
             f"found no replaceable hidden units in {type(model).__name__}: "
             + "; ".join(f"{k}: {v}" for k, v in skipped.items())
             + ". A unit group is Linear/Conv -> [BatchNorm/LayerNorm] -> activation module -> "
-              "[pool/dropout/flatten] -> Linear/Conv with a single consumer.")
+              "[pool/dropout/flatten] -> Linear/Conv with a single consumer (a custom activation module is "
+              "recognised if its class has is_activation = True).")
     return groups, skipped
 
 
