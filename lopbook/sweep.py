@@ -369,14 +369,22 @@ def _submitit() -> Any:
 
 
 def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise SweepConfigError(f"output folder {out} is not writable ({err.strerror or err}); "
-                               f"set `out:` or --out to a folder you can write") from err
+    """Fail early on an output folder that cannot be written (without creating it: a dry run writes nothing)."""
+    fix = "set `out:` or --out to a folder you can write"
+    probe_dir = out
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise SweepConfigError(f"output folder {out} is not writable ({probe_dir} is not a folder); {fix}")
+    if not os.access(probe_dir, os.W_OK | os.X_OK):
+        raise SweepConfigError(f"output folder {out} is not writable ({probe_dir} is read-only); {fix}")
+    if probe_dir == out:
+        try:
+            fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test.")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            raise SweepConfigError(f"output folder {out} is not writable ({err.strerror or err}); {fix}") from err
 
 
 def _resolve_target(raw: Any, experiment: str, name: str) -> Path:
@@ -576,9 +584,10 @@ def plan(sweep: SweepConfig) -> str:
     st = status(sweep)
     lines = [f"sweep {sweep.name!r}: experiment {sweep.experiment!r}, preset {sweep.preset!r}, "
              f"{len(sweep.variants)} variants × {len(sweep.seeds)} seeds = {len(sweep.runs())} runs in {sweep.out}",
-             "  " + ", ".join(f"{len(st[s])} {s}" for s in STATES)]
+             "  " + ", ".join(f"{len(st[s])} {s}" for s in STATES),
+             f"  every variant: preset {sweep.preset!r} + {json.dumps(sweep.overrides, default=_json_default)}"]
     for v in sweep.variants:
-        lines.append(f"  {v.id:40s} {v.label}  {json.dumps(v.config_overrides, default=_json_default)}")
+        lines.append(f"  {v.id:40s} {json.dumps(v.overrides, default=_json_default)}")
     todo = len(st["pending"]) + len(st["partial"]) + len(st["corrupt"])
     ex = sweep.executor
     if ex.type == "slurm":
@@ -661,7 +670,11 @@ def _record(report: SweepReport, run: RunSpec, err: BaseException | None, job: A
         report.completed.append(run.name)
         log(f"  finished {run.name}")
         return
-    msg = str(err).strip().splitlines()[-1] if err is not None else "the job ended without writing its result"
+    msg = "the job ended without writing its result"
+    if err is not None:  # submitit frames the worker's traceback with lines of dashes
+        parts = str(err).split("----------------------")
+        lines = [ln for ln in (parts[1] if len(parts) >= 3 else parts[0]).splitlines() if ln.strip()]
+        msg = lines[-1].strip() if lines else type(err).__name__
     where = getattr(job.paths, "stderr", None)
     report.failed[run.name] = f"{msg} (log: {where})"
     log(f"  FAILED {run.name}: {msg} (log: {where})")
@@ -671,22 +684,34 @@ def _record(report: SweepReport, run: RunSpec, err: BaseException | None, job: A
 # aggregation
 
 
-def _stack_seeds(per_seed: list[np.ndarray]) -> np.ndarray:
-    """Per-seed arrays of one variant -> one array with the seed axis first.
+def _stack_seeds(per_seed: list[np.ndarray], axis: int | None | str = "auto") -> tuple[np.ndarray, int | None]:
+    """Per-seed arrays of one variant -> one array holding every seed, and the axis the seeds are on.
 
-    Each run had one seed, so an experiment's per-seed arrays arrive with a leading axis of length 1
-    and are concatenated; arrays equal in every run (e.g. step indices, labels) are kept once; any
-    other array gets a new leading seed axis.
+    Each run had one seed, so an experiment's per-seed arrays carry a seed axis of length 1 (first for
+    ``(seeds, T)`` curves, second for ``(methods, seeds, bins)``): by default the seeds are concatenated
+    along the first axis of length 1, which rebuilds exactly what one multi-seed run would return.
+    Arrays equal in every run without such an axis (labels, step indices) are kept once (axis ``None``);
+    any other array gets a new leading seed axis. An experiment module may pin the axis per array with
+    ``SWEEP_SEED_AXES = {"name": axis or None}``.
     """
     first = per_seed[0]
-    same = all(a.shape == first.shape and np.array_equal(a, first) for a in per_seed[1:])
-    if first.dtype.kind in "USb" and same or first.ndim == 0 and same:
-        return first
-    if first.ndim >= 1 and first.shape[0] == 1 and all(a.shape == first.shape for a in per_seed):
-        return np.concatenate(per_seed, axis=0)
-    if same and len(per_seed) > 1:
-        return first
-    return np.stack(per_seed, axis=0)
+    same_shape = all(a.shape == first.shape for a in per_seed)
+    same = same_shape and all(np.array_equal(a, first) for a in per_seed[1:])
+    if axis == "auto":
+        unit = [i for i, d in enumerate(first.shape) if d == 1]
+        if same and (first.dtype.kind in "USb" or not unit):
+            return first, None
+        axis = unit[0] if unit else 0
+        if not unit:
+            return np.stack(per_seed, axis=0), 0
+    if axis is None:
+        if not same:
+            raise SweepConfigError("an array declared seed-independent (SWEEP_SEED_AXES: None) differs across seeds")
+        return first, None
+    assert isinstance(axis, int)
+    if same_shape and first.ndim > axis and first.shape[axis] == 1:
+        return np.concatenate(per_seed, axis=axis), axis
+    return np.stack(per_seed, axis=axis), axis
 
 
 def aggregate(sweep: SweepConfig, *, write: bool = True, target: str | os.PathLike | None = None,
@@ -697,8 +722,13 @@ def aggregate(sweep: SweepConfig, *, write: bool = True, target: str | os.PathLi
 
     - ``variants`` (V,) ids, ``variant_labels`` (V,), ``seeds`` (S,);
     - ``param/<key>`` (V,): the value of every swept config key for each variant;
-    - ``<variant-id>/<array>``: that variant's array with the seed axis first, e.g. ``(S, T)``;
-    - ``<array>`` (V, S, ...): the same stacked over variants, when every variant has it with one shape.
+    - ``<variant-id>/<array>``: that variant's array holding all its seeds, shaped as one multi-seed run
+      would return it (e.g. ``(S, T)`` or ``(methods, S, bins)``; see :func:`_stack_seeds`);
+    - ``<array>`` (V, ...): the same stacked over a new leading variant axis, when every variant has it
+      with one shape.
+
+    ``meta["sweep"]["seed_axis"][name]`` is the seed axis of ``<variant-id>/<name>`` (``None``: the array
+    is the same for every seed and stored once); in the variant-stacked ``<name>`` it is one more.
 
     ``meta["sweep"]`` lists the variants (ids, labels, overrides) and every run (file, seed, commit,
     device, time). With ``partial=True`` unfinished runs are left out instead of being an error.
@@ -712,15 +742,19 @@ def aggregate(sweep: SweepConfig, *, write: bool = True, target: str | os.PathLi
                                f"`python -m lopbook sweep run` first, or aggregate with --partial")
     arrays: dict[str, np.ndarray] = {}
     runs_meta, metas, variant_arrays, kept = [], [], {}, []
+    seed_axes: dict[str, int | None] = {}
+    module = sys.modules.get(experiments._discover()[sweep.experiment])
+    pinned = dict(getattr(module, "SWEEP_SEED_AXES", {}) or {})
     for v in sweep.variants:
         runs = [r for r in sweep.runs() if r.variant.id == v.id and r.name in done]
         if not runs:
             continue
         results = [load_result(r.path) for r in runs]
         names = sorted(set.intersection(*(set(res.arrays) for res in results)))
-        stacked = {n: _stack_seeds([res.arrays[n] for res in results]) for n in names}
-        for n, arr in stacked.items():
-            arrays[f"{v.id}/{n}"] = arr
+        stacked = {}
+        for n in names:
+            stacked[n], seed_axes[n] = _stack_seeds([res.arrays[n] for res in results], pinned.get(n, "auto"))
+            arrays[f"{v.id}/{n}"] = stacked[n]
         arrays[f"{v.id}/seeds"] = np.array([r.seed for r in runs])
         variant_arrays[v.id] = (stacked, len(runs))
         kept.append(v)
@@ -772,6 +806,7 @@ def aggregate(sweep: SweepConfig, *, write: bool = True, target: str | os.PathLi
     meta["versions"] = first["versions"]
     meta["sweep"] = {"name": sweep.name, "config_file": src, "partial": bool(missing),
                      "variants": [{"id": v.id, "label": v.label, "overrides": v.overrides} for v in kept],
+                     "seed_axis": seed_axes,
                      "runs": runs_meta}
     result = Result(arrays=arrays, meta=meta)
     if write:

@@ -1,0 +1,222 @@
+"""Sweeps: validation before anything runs, local subprocess execution with crash/resume, skipping of
+finished runs, the manifest, aggregation shapes and provenance, and the CLI (toy experiment)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from lopbook import cli, sweep
+from lopbook.experiments import ConfigError, run_experiment
+from lopbook.results import load_cached, load_result
+from lopbook.sweep import SweepConfigError, aggregate, load_sweep, run_sweep, status
+
+TESTS = Path(__file__).resolve().parent
+
+
+def write(tmp_path: Path, cfg: dict, name: str = "toy_sweep.yaml") -> Path:
+    path = tmp_path / name
+    if name.endswith(".json"):
+        path.write_text(json.dumps(cfg))
+    else:
+        path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def base_cfg(tmp_path: Path, **kw) -> dict:
+    cfg = {"experiment": "toy", "preset": "full", "overrides": {"steps": 30}, "grid": {"lr": [0.1, 0.05]},
+           "seeds": 2, "out": str(tmp_path / "out"), "executor": {"type": "debug"},
+           "aggregate": str(tmp_path / "agg.npz")}
+    cfg.update(kw)
+    return cfg
+
+
+@pytest.mark.slow
+def test_local_sweep_crashes_resumes_and_skips(toy_registered, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Real subprocesses (submitit LocalExecutor): 2 variants × 2 seeds, every run killed at step 20 on the
+    first attempt, resumed from its checkpoint on the second, skipped on the third."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    path = write(tmp_path, base_cfg(tmp_path, executor={"type": "local", "max_parallel": 2}))
+    sw = load_sweep(path)
+    assert [len(sw.variants), len(sw.seeds)] == [2, 2]
+
+    monkeypatch.setenv("LOPBOOK_TOY_CRASH_AT", "20")
+    first = run_sweep(sw, log=lambda _: None, poll_s=0.05)
+    assert sorted(first.failed) == sorted(r.name for r in sw.runs())
+    assert all("simulated crash at step 20" in msg for msg in first.failed.values())
+    st = status(sw)
+    assert len(st["partial"]) == 4 and not st["done"]
+    assert all(r.checkpoint.exists() and not r.path.exists() for r in sw.runs())
+
+    # a resumed run starts at step 20, so a crash planted at step 10 must never fire; a restart would hit it
+    monkeypatch.setenv("LOPBOOK_TOY_CRASH_AT", "10")
+    second = run_sweep(sw, log=lambda _: None, poll_s=0.05)
+    assert second.ok and sorted(second.completed) == sorted(second.resumed) == sorted(first.failed)
+    assert len(status(sw)["done"]) == 4
+    monkeypatch.delenv("LOPBOOK_TOY_CRASH_AT")
+    for run in sw.runs():
+        assert not run.checkpoint.exists()
+        got = load_result(run.path)
+        clean = run_experiment("toy", "full", seeds=[run.seed], overrides=run.variant.config_overrides,
+                               progress=False)
+        np.testing.assert_array_equal(got["loss"], clean["loss"])  # nothing lost across the crash
+        np.testing.assert_array_equal(got["w"], clean["w"])
+        assert got.meta["config"] == {"steps": 30, "lr": run.variant.overrides["lr"]}
+
+    stamps = {r.name: r.path.stat().st_mtime_ns for r in sw.runs()}
+    third = run_sweep(sw, log=lambda _: None, poll_s=0.05)
+    assert sorted(third.skipped) == sorted(stamps) and not third.completed and not third.failed
+    assert {r.name: r.path.stat().st_mtime_ns for r in sw.runs()} == stamps
+
+
+def test_manifest_ids_and_variants_times_grid(toy_registered, tmp_path: Path):
+    cfg = base_cfg(tmp_path, grid={"lr": [0.1, 0.05]}, variants=[{"name": "short", "set": {"steps": 5}},
+                                                                  {"name": "long", "set": {"steps": 8}}],
+                   overrides={}, seeds=[3, 7])
+    sw = load_sweep(write(tmp_path, cfg))
+    assert [v.label for v in sw.variants] == ["short, lr=0.1", "short, lr=0.05", "long, lr=0.1", "long, lr=0.05"]
+    assert sw.variants[1].config == {"steps": 5, "lr": 0.05}
+    assert sw.variants[0].id.startswith("short_lr-0.1-")
+    # ids are stable across loads and depend on the overrides, not on their order in the file
+    again = load_sweep(write(tmp_path, {**cfg, "variants": cfg["variants"][::-1]}, "other.yaml"))
+    assert {v.id for v in again.variants} == {v.id for v in sw.variants}
+    assert len({v.id for v in sw.variants}) == 4
+    sweep.write_manifest(sw)
+    manifest = json.loads((sw.out / "manifest.json").read_text())
+    assert [v["id"] for v in manifest["variants"]] == [v.id for v in sw.variants]
+    assert manifest["variants"][2]["overrides"] == {"steps": 8, "lr": 0.1}
+    assert manifest["variants"][0]["runs"] == [f"runs/{sw.variants[0].id}/seed3.npz",
+                                               f"runs/{sw.variants[0].id}/seed7.npz"]
+
+
+def test_aggregate_shapes_values_and_provenance(toy_registered, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("LOPBOOK_DATA", str(tmp_path / "data"))
+    cfg = base_cfg(tmp_path, grid={"lr": [0.1, 0.05, 0.01]}, seeds=[0, 4], aggregate="lr_sweep")
+    sw = load_sweep(write(tmp_path, cfg))
+    assert sw.target == tmp_path / "data" / "toy" / "lr_sweep.npz"
+    with pytest.raises(SweepConfigError, match="6 of 6 runs are not finished"):
+        aggregate(sw)
+    assert run_sweep(sw, log=lambda _: None).ok
+    res = aggregate(sw)
+    assert res["loss"].shape == (3, 2, 30) and res["w"].shape == (3, 2, 2)
+    assert list(res["variants"]) == [v.id for v in sw.variants]
+    np.testing.assert_allclose(res["param/lr"], [0.1, 0.05, 0.01])
+    np.testing.assert_array_equal(res["seeds"], [0, 4])
+    v1 = sw.variants[1].id
+    assert res[f"{v1}/loss"].shape == (2, 30)
+    seed4 = load_result(sw.out / "runs" / v1 / "seed4.npz")
+    np.testing.assert_array_equal(res["loss"][1, 1], seed4["loss"][0])
+    np.testing.assert_array_equal(res[f"{v1}/loss"][1], seed4["loss"][0])
+    # larger steps fit faster on this problem: the final loss is ordered by lr
+    final = res["loss"][:, :, -5:].mean(axis=(1, 2))
+    assert final[0] < final[1] < final[2]
+    # the chapters' loader reads it, with provenance naming every run
+    back = load_cached("toy", "lr_sweep")
+    runs = back.meta["sweep"]["runs"]
+    assert len(runs) == 6 and {(r["variant"], r["seed"]) for r in runs} == {(v.id, s) for v in sw.variants
+                                                                              for s in (0, 4)}
+    assert back.meta["seeds"] == [0, 4] and back.meta["config"] == {"steps": 30, "lr": 0.1}
+    assert back.meta["sweep"]["variants"][2] == {"id": sw.variants[2].id, "label": "lr=0.01",
+                                                 "overrides": {"lr": 0.01}}
+    assert back.meta["scale"]["paper_scale"] is False and "3 variants × 2 seeds" in back.meta["scale"]["note"]
+
+
+def test_partial_aggregate_and_stale_results(toy_registered, tmp_path: Path):
+    sw = load_sweep(write(tmp_path, base_cfg(tmp_path)))
+    first = sw.runs()[0]
+    run_experiment("toy", "full", seeds=[first.seed], overrides=first.variant.config_overrides, out=first.path,
+                   progress=False)
+    res = aggregate(sw, partial=True, write=False)
+    assert list(res["variants"]) == [first.variant.id] and res["loss"].shape == (1, 1, 30)
+    assert res.meta["sweep"]["partial"] is True
+    # a result for another config in a run's place is refused, not silently reused or overwritten
+    other = sw.runs()[1]
+    run_experiment("toy", "full", seeds=[other.seed], overrides={"steps": 3}, out=other.path, progress=False)
+    assert sweep.run_state(sw, other) == "stale"
+    with pytest.raises(SweepConfigError, match="belong to another config"):
+        run_sweep(sw, log=lambda _: None)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"experiment": "nope"}, "unknown experiment 'nope'; known experiments: .*toy"),
+    ({"grid": {"lr": [0.1], "stepz": [3]}}, r"variant 'lr=0.1, stepz=3' \(#0\).*unknown keys \['stepz'\]; "
+                                            r"valid keys are \['lr', 'steps'\]"),
+    ({"grid": {"lr": []}}, "grid key 'lr' has an empty list"),
+    ({"grid": {}}, "grid is empty"),
+    ({"grid": None}, "the sweep has no variants"),
+    ({"grid": {"lr": 0.1}}, "grid key 'lr' must be a list"),
+    ({"grid": {"steps": [10, 0]}, "overrides": {}}, r"variant 'steps=0' \(#1\).*steps must be positive"),
+    ({"grid": {"lr": ["fast"]}}, "lr='fast' is a str, but experiment 'toy' expects float"),
+    ({"seeds": 0}, "seeds: 0 runs nothing"),
+    ({"seeds": [1, 1]}, r"seeds \[1\] appear more than once"),
+    ({"seeds": [-1]}, "not non-negative integers"),
+    ({"preset": "huge"}, "no preset 'huge'"),
+    ({"executor": {"type": "local", "workers": 4}}, r"executor has unknown options \['workers'\]"),
+    ({"executor": {"type": "kubernetes"}}, "unknown executor type 'kubernetes'"),
+    ({"executor": {"slurm": {"partition": "gpu", "gpu": 1}}}, r"executor.slurm has unknown options \['gpu'\]"),
+    ({"executor": {"max_parallel": 0}}, "max_parallel must be an integer >= 1"),
+    ({"lr": 0.1}, r"unknown sweep keys \['lr'\].*go under `overrides:`"),
+    ({"overrides": {"lr": 0.2}}, r"sets \['lr'\], which `overrides:` also sets"),
+])
+def test_bad_configs_fail_before_any_run(toy_registered, tmp_path: Path, change: dict, message: str):
+    path = write(tmp_path, base_cfg(tmp_path, **change))
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(path)
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_output_folder_must_be_writable(toy_registered, tmp_path: Path):
+    (tmp_path / "afile").write_text("x")
+    path = write(tmp_path, base_cfg(tmp_path, out=str(tmp_path / "afile" / "out")))
+    with pytest.raises(SweepConfigError, match="output folder .*afile/out is not writable .*afile is not a folder"):
+        load_sweep(path)
+
+
+def test_yaml_exponent_floats_and_json_configs(toy_registered, tmp_path: Path):
+    path = tmp_path / "e.yaml"
+    path.write_text(f"experiment: toy\ngrid: {{lr: [1e-4, 2.5E-3, 1]}}\nseeds: 1\nout: {tmp_path / 'o'}\n")
+    sw = load_sweep(path)
+    assert [v.config["lr"] for v in sw.variants] == [1e-4, 2.5e-3, 1]
+    js = load_sweep(write(tmp_path, base_cfg(tmp_path), "s.json"))
+    assert js.name == "s" and len(js.runs()) == 4
+
+
+def test_cli_dry_run_run_status_aggregate(toy_registered, tmp_path: Path, capsys: pytest.CaptureFixture):
+    path = write(tmp_path, base_cfg(tmp_path, executor={
+        "type": "local", "max_parallel": 3, "slurm": {"partition": "gpu", "time": 600, "gpus_per_node": 1}}))
+    assert cli.main(["sweep", "run", str(path), "--executor", "slurm", "--max-parallel", "2", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "2 variants × 2 seeds = 4 runs" in out and "0 done, 0 partial, 4 pending" in out
+    assert "#SBATCH --partition=gpu" in out and "#SBATCH --array=0-3%2" in out and "#SBATCH --time=600" in out
+    assert not (tmp_path / "out").exists(), "a dry run writes nothing"
+
+    assert cli.main(["sweep", "run", str(path), "--executor", "debug", "--aggregate"]) == 0
+    out = capsys.readouterr().out
+    assert "4 runs finished now" in out and f"aggregated 4 runs into {tmp_path / 'agg.npz'}" in out
+    assert cli.main(["sweep", "status", str(path)]) == 0
+    assert "4 done, 0 partial, 0 pending" in capsys.readouterr().out
+    assert cli.main(["sweep", "aggregate", str(path), "--target", str(tmp_path / "b.npz")]) == 0
+    assert load_result(tmp_path / "b.npz")["loss"].shape == (2, 2, 30)
+
+    bad = write(tmp_path, base_cfg(tmp_path, grid={"bogus": [1]}), "bad.yaml")
+    assert cli.main(["sweep", "run", str(bad)]) == 2
+    assert "unknown keys ['bogus']" in capsys.readouterr().err
+
+
+def test_example_sweep_configs_parse(tmp_path: Path):
+    """Every shipped config under sweeps/ is a well-formed sweep for a registered experiment."""
+    from lopbook import experiments
+
+    files = sorted((TESTS.parent / "sweeps").glob("*.yaml"))
+    assert files, "no example sweep configs"
+    for f in files:
+        raw = sweep.read_config_file(f)
+        if raw["experiment"] not in experiments.names():
+            pytest.skip(f"experiment {raw['experiment']!r} of {f.name} is not registered yet")
+        sw = sweep.parse_sweep({**raw, "out": str(tmp_path / f.stem)}, source=f)
+        assert sw.variants and sw.seeds
