@@ -1,0 +1,191 @@
+"""Changing-friction MuJoCo envs, GAE, PPO and the slippery-Ant experiment (quick scale: a few thousand steps)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from lopbook.checkpoint import Checkpoint
+from lopbook.rl.envs import ChangingFriction, draw_friction, find_wrapper, make_env, make_vec_env
+from lopbook.rl.ppo import PPO, config_for, gae
+
+torch.set_num_threads(1)
+TINY = {"num_envs": 2, "num_steps": 256, "num_minibatches": 4, "update_epochs": 2}
+
+
+def x_displacement(friction: float, steps: int = 150, seed: int = 0) -> float:
+    env = make_env("Ant-v5")
+    find_wrapper(env, ChangingFriction).set_friction(friction)
+    env.reset(seed=seed)
+    x0 = env.unwrapped.data.qpos[0]
+    actions = np.random.default_rng(seed).uniform(-1, 1, (steps, 8))
+    for a in actions:
+        env.step(a)
+    return float(env.unwrapped.data.qpos[0] - x0)
+
+
+def test_friction_changes_the_simulation():
+    # same seed, same actions: only the friction differs
+    dx = {f: x_displacement(f) for f in (0.02, 1.0)}
+    assert x_displacement(1.0) == dx[1.0]  # deterministic
+    assert abs(dx[0.02] - dx[1.0]) > 0.1, dx
+
+
+def test_friction_applied_to_all_geoms_and_logged():
+    env = make_env("Ant-v5", change_every=50, friction_seed=3)
+    w = find_wrapper(env, ChangingFriction)
+    gf = env.unwrapped.model.geom_friction
+    np.testing.assert_array_equal(w.original_friction[:, 0], 1.0)  # Ant: every geom starts at 1
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    seen, steps = [w.friction], 0
+    while w.n_changes < 3:
+        in_effect = gf[:, 0].copy()
+        assert np.all(in_effect == w.friction)  # all 14 geoms, not just the floor
+        _, _, term, trunc, info = env.step(rng.uniform(-1, 1, 8))
+        steps += 1
+        assert info["friction"] == in_effect[0]  # the friction the step actually ran with
+        if info["friction_changed"]:
+            assert term or trunc
+            assert np.all(gf[:, 0] == w.friction) and w.friction != info["friction"]
+            seen.append(w.friction)
+        if term or trunc:
+            env.reset()
+    # the frictions follow the seeded log-uniform sequence; other columns (torsional, rolling) untouched
+    ref = np.random.default_rng(3)
+    assert seen == [draw_friction(ref) for _ in range(4)]
+    np.testing.assert_array_equal(gf[:, 1:], w.original_friction[:, 1:])
+    assert steps > 3 * 50
+
+
+def test_scale_mode_keeps_relative_friction():
+    env = make_env("Hopper-v5", friction_mode="scale")
+    w = find_wrapper(env, ChangingFriction)
+    w.set_friction(0.5)
+    np.testing.assert_allclose(env.unwrapped.model.geom_friction[:, 0], 0.5 * w.original_friction[:, 0])
+    with pytest.raises(ValueError, match="mode"):
+        make_env("Ant-v5", friction_mode="oops")
+
+
+def test_log_uniform_draws():
+    rng = np.random.default_rng(0)
+    f = np.array([draw_friction(rng) for _ in range(4000)])
+    assert f.min() >= 0.02 and f.max() <= 2.0
+    u = (np.log(f) - np.log(0.02)) / (np.log(2.0) - np.log(0.02))
+    assert stats.kstest(u, "uniform").pvalue > 0.01
+    assert abs(np.median(f) - 0.2) < 0.02  # geometric mean of 0.02 and 2
+
+
+def test_gae_by_hand():
+    g, lam = 0.9, 0.5
+    r = np.array([[1.0], [2.0], [3.0], [4.0]])
+    v = np.array([[0.5], [0.4], [0.3], [0.2]])
+    # step 1 is truncated (bootstrap from V(final obs) = 0.9); step 2 terminates; step 3 runs on (V(s') = 0.7)
+    nv = np.array([[0.4], [0.9], [0.8], [0.7]])
+    term = np.array([[0.0], [0.0], [1.0], [0.0]])
+    done = np.array([[0.0], [1.0], [1.0], [0.0]])
+    adv, ret = gae(r, v, nv, term, done, g, lam)
+    a3 = 4.0 + 0.9 * 0.7 - 0.2
+    a2 = 3.0 - 0.3                           # terminated: no bootstrap, recursion cut
+    a1 = 2.0 + 0.9 * 0.9 - 0.4               # truncated: bootstrap V(final obs), recursion cut
+    a0 = (1.0 + 0.9 * 0.4 - 0.5) + 0.9 * 0.5 * a1
+    np.testing.assert_allclose(adv[:, 0], [a0, a1, a2, a3])
+    np.testing.assert_allclose(ret, adv + v)
+    # upstream's behaviour (truncation = termination) differs exactly at the truncated step
+    adv_up, _ = gae(r, v, nv, done, done, g, lam)
+    assert adv_up[1, 0] == pytest.approx(2.0 - 0.4) and adv_up[2:, 0] == pytest.approx(adv[2:, 0])
+
+
+def test_seeded_runs_repeat():
+    def run(seed: int):
+        agent = PPO(config_for("cbp", change_every=200, **TINY), seed=seed)
+        agent.train_iteration()
+        agent.close()
+        return agent.episodes["return"], agent.actor.mean_net.head.weight.detach().clone()
+
+    (r1, w1), (r2, w2), (_, w3) = run(0), run(0), run(1)
+    assert r1 == r2 and torch.equal(w1, w2)
+    assert not torch.equal(w1, w3)
+
+
+def test_update_improves_surrogate_on_fixed_batch():
+    agent = PPO(config_for("bp", change_every=0, **TINY), seed=0)
+    batch = agent.collect()
+    b = {k: torch.as_tensor(v) for k, v in batch.items()}
+    b["adv"] = (b["adv"] - b["adv"].mean()) / (b["adv"].std() + 1e-8)
+    with torch.no_grad():
+        pg0, v0 = agent.losses(b)
+    agent.update(batch)
+    with torch.no_grad():
+        pg1, v1 = agent.losses(b)
+    agent.close()
+    assert pg0.item() == pytest.approx(0.0, abs=1e-5)  # ratio 1 at the start, normalised advantages
+    assert pg1.item() < pg0.item() - 1e-3
+    assert v1.item() < v0.item()
+
+
+def test_ppo_resume_is_exact():
+    cfg = config_for("cbp", change_every=300, **TINY)
+    cfg.method = {**cfg.method, "maturity_threshold": 2, "replacement_rate": 0.01}  # replacements do happen
+    a = PPO(cfg, seed=1)
+    for _ in range(2):
+        a.train_iteration()
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    for _ in range(2):
+        a.train_iteration()
+    buf.seek(0)
+    b = PPO(cfg, seed=1)
+    b.load_state_dict(torch.load(buf, weights_only=False))
+    for _ in range(2):
+        b.train_iteration()
+    assert sum(a.methods[0].n_replaced) > 0
+    assert a.episodes == b.episodes and a.iters["friction"] == b.iters["friction"]
+    for x, y in zip(a.actor.state_dict().values(), b.actor.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+    a.close()
+    b.close()
+
+
+def test_experiment_checkpoint_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    from lopbook import experiments
+    from lopbook.experiments import slippery_ant as sa
+
+    exp = experiments.get("slippery_ant")
+    cfg = exp.make_config({"methods": ("bp", "redo"), "total_steps": 768, "change_every": 300, "num_steps": 256,
+                           "num_minibatches": 4, "update_epochs": 2, "num_envs": 2, "bin_steps": 256})
+    full = sa.run(cfg, seeds=[0], device="cpu", checkpoint=Checkpoint(None), progress=False).arrays
+
+    ckpt = Checkpoint(tmp_path / "c.ckpt", key="k", every_s=0.0)
+    calls = {"n": 0}
+    original = PPO.train_iteration
+
+    def crashing(self):
+        calls["n"] += 1
+        if calls["n"] == 5:  # mid-way through the second run
+            raise KeyboardInterrupt
+        original(self)
+
+    monkeypatch.setattr(PPO, "train_iteration", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        sa.run(cfg, seeds=[0], device="cpu", checkpoint=ckpt, progress=False)
+    monkeypatch.setattr(PPO, "train_iteration", original)
+    resumed = sa.run(cfg, seeds=[0], device="cpu", checkpoint=ckpt, progress=False).arrays
+    assert set(full) == set(resumed)
+    for k in full:
+        if k != "sps":  # wall-clock speed
+            np.testing.assert_array_equal(full[k], resumed[k], err_msg=k)
+    assert full["returns_binned"].shape == (2, 1, 3) and np.isfinite(full["ep_return"]).all()
+
+
+def test_vec_env_validates():
+    with pytest.raises(ValueError, match="num_envs"):
+        make_vec_env("Ant-v5", 0, change_every=10, seed=0)
+    with pytest.raises(ValueError, match="unknown env"):
+        make_env("Humanoid-v5")
+    with pytest.raises(ValueError, match="multiple of num_envs"):
+        config_for("bp", num_envs=3)
