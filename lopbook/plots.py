@@ -140,5 +140,52 @@ def bin_mean(values: np.ndarray, bin_size: int, axis: int = -1) -> np.ndarray:
     return np.moveaxis(out, -1, axis)
 
 
+
+# --- slippery Ant ---
+
+SLIPPERY_ANT_LABELS = {"bp": "bp (standard PPO)", "ns": "ns (PPO, Adam betas 0.99)", "l2": "l2 (PPO + L2)",
+                       "cbp": "cbp (PPO + CBP + L2)", "redo": "redo (PPO + ReDo + L2)"}
+
+
+def _ant_curves(result, values) -> dict[str, np.ndarray]:
+    return {SLIPPERY_ANT_LABELS.get(str(m), str(m)): np.asarray(values[i], float)
+            for i, m in enumerate(result["methods"])}
+
+
+def friction_changes(result, method: int = 0, seed: int = 0) -> list[tuple[int, float]]:
+    """(env step, new friction) at each PPO iteration in which env 0's friction changed, plus the start."""
+    fr, steps = result["friction"][method, seed], result["iter_step"]
+    out = [(0, float(fr[0]))]
+    out += [(int(steps[i - 1]), float(fr[i])) for i in range(1, len(fr)) if fr[i] != fr[i - 1]]
+    return out
+
+
+def slippery_ant_returns_figure(result) -> go.Figure:
+    """Mean episode return per bin (95% band over seeds), methods selectable; dashed lines mark when the
+    friction changed (seed 0's sequence; every method sees the same frictions, each seed its own)."""
+    fig = curves_figure(result["bin_end"], _ant_curves(result, result["returns_binned"]),
+                        title="Episode return while the friction changes", xaxis="env steps",
+                        yaxis="mean episode return (per bin)")
+    for step, f in friction_changes(result):
+        fig.add_vline(x=step, line_dash="dash", line_color="gray", annotation_text=f"f={f:.2f}",
+                      annotation_position="bottom right")
+    return fig
+
+
+def slippery_ant_metrics_figure(result) -> go.Figure:
+    """Dropdown over the plasticity metrics of the policy net (95% band over seeds)."""
+    width = int(result.meta["config"]["hidden"][-1])
+    metrics = {
+        "dormant policy units (%)": _ant_curves(result, 100 * result["dormant"].mean(-1)),
+        f"stable rank of the last policy hidden layer (% of {width})":
+            _ant_curves(result, 100 * result["stable_rank"] / width),
+        "mean |W|, policy hidden->hidden layer": _ant_curves(result, result["weight_mag"][..., 1]),
+        "mean |W|, policy output layer": _ant_curves(result, result["weight_mag"][..., -1]),
+        "units re-initialised so far (CBP / ReDo, both nets)": _ant_curves(result, result["replaced"]),
+    }
+    return metric_dropdown_figure(result["iter_step"], metrics, title="Inside the policy network",
+                                  xaxis="env steps")
+
 __all__: Sequence[str] = ["show", "color", "mean_and_band", "band_traces", "curves_figure",
-                          "metric_dropdown_figure", "bin_mean", "METHOD_COLORS"]
+                          "metric_dropdown_figure", "bin_mean", "METHOD_COLORS",
+                          "slippery_ant_returns_figure", "slippery_ant_metrics_figure", "friction_changes"]

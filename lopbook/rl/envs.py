@@ -195,3 +195,19 @@ def render_frame(env_id: str = "Ant-v5", friction: float = 1.0, steps: int = 20,
         return np.asarray(env.render())
     finally:
         env.close()
+
+
+def save_friction_frames(path: str, frictions: tuple[float, ...] = (0.02, 2.0), steps: int = 60, seed: int = 0,
+                         width: int = 320, height: int = 240) -> np.ndarray:
+    """Render Ant after the same ``steps`` random actions under each friction, side by side, and save a PNG.
+
+    The book's setup figure (``book/chapters/images/slippery_ant_frames.png``) is made with this. Needs an
+    offscreen OpenGL: ``MUJOCO_GL=egl`` (set it before MuJoCo is imported).
+    """
+    import imageio.v3 as iio
+
+    frames = [render_frame("Ant-v5", f, steps, seed, width, height) for f in frictions]
+    gap = np.full((height, 8, 3), 255, np.uint8)
+    row = np.concatenate([x for f in frames for x in (f, gap)][:-1], axis=1)
+    iio.imwrite(path, row)
+    return row
