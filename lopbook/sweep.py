@@ -725,7 +725,7 @@ def aggregate(sweep: SweepConfig, *, write: bool = True, target: str | os.PathLi
     - ``<variant-id>/<array>``: that variant's array holding all its seeds, shaped as one multi-seed run
       would return it (e.g. ``(S, T)`` or ``(methods, S, bins)``; see :func:`_stack_seeds`);
     - ``<array>`` (V, ...): the same stacked over a new leading variant axis, when every variant has it
-      with one shape.
+      with one shape; an array equal in every run (labels, step indices) is stored once, unstacked.
 
     ``meta["sweep"]["seed_axis"][name]`` is the seed axis of ``<variant-id>/<name>`` (``None``: the array
     is the same for every seed and stored once); in the variant-stacked ``<name>`` it is one more.
@@ -784,7 +784,10 @@ def aggregate(sweep: SweepConfig, *, write: bool = True, target: str | os.PathLi
             parts = [variant_arrays[v.id][0][n] for v in kept]
             if n in arrays or any(p.shape != parts[0].shape for p in parts):
                 continue
-            arrays[n] = np.stack(parts, axis=0)
+            if seed_axes.get(n) is None and all(np.array_equal(p, parts[0]) for p in parts[1:]):
+                arrays[n] = parts[0]  # the same in every run (labels, step indices): stored once
+            else:
+                arrays[n] = np.stack(parts, axis=0)
 
     first = metas[0]
     commits = sorted({str(m["git_commit"]) for m in metas})

@@ -112,6 +112,12 @@ def test_aggregate_shapes_values_and_provenance(toy_registered, tmp_path: Path, 
     seed4 = load_result(sw.out / "runs" / v1 / "seed4.npz")
     np.testing.assert_array_equal(res["loss"][1, 1], seed4["loss"][0])
     np.testing.assert_array_equal(res[f"{v1}/loss"][1], seed4["loss"][0])
+    # per-seed runs stacked back are exactly what one multi-seed run of the variant returns
+    together = run_experiment("toy", "full", seeds=[0, 4], overrides=sw.variants[1].config_overrides,
+                              progress=False)
+    np.testing.assert_array_equal(res[f"{v1}/loss"], together["loss"])
+    np.testing.assert_array_equal(res[f"{v1}/w"], together["w"])
+    assert res.meta["sweep"]["seed_axis"] == {"loss": 0, "w": 0}
     # larger steps fit faster on this problem: the final loss is ordered by lr
     final = res["loss"][:, :, -5:].mean(axis=(1, 2))
     assert final[0] < final[1] < final[2]
