@@ -36,6 +36,7 @@ class SlipperyAntConfig:
     total_steps: int = 20_000_000
     change_every: int = 2_000_000        # friction changes at the first episode end after this many steps
     fixed_friction: float | None = None  # 1.0: the stationary Ant of Fig. 4a
+    friction_mode: str = "set"           # "set": every geom gets f (paper); "scale": each geom's own x f
     num_envs: int = 1                    # the paper used 1; more amortise the policy forward on a CPU
     num_steps: int = 2048
     num_minibatches: int = 16
@@ -55,6 +56,8 @@ class SlipperyAntConfig:
             raise ValueError(f"methods must be a non-empty subset of {sorted(VARIANTS)}, got {list(self.methods)}")
         if self.total_steps < self.num_steps:
             raise ValueError(f"total_steps ({self.total_steps}) must be at least one rollout ({self.num_steps})")
+        if self.friction_mode not in ("set", "scale"):
+            raise ValueError(f"friction_mode must be 'set' or 'scale', got {self.friction_mode!r}")
         if self.bin_steps <= 0 or self.change_every < 0:
             raise ValueError("bin_steps must be > 0 and change_every >= 0")
         self.ppo_config("bp").validate()
@@ -63,7 +66,8 @@ class SlipperyAntConfig:
         cfg = config_for(method, env_id=self.env_id, num_envs=self.num_envs, num_steps=self.num_steps,
                          num_minibatches=self.num_minibatches, update_epochs=self.update_epochs,
                          hidden=tuple(self.hidden), change_every=self.change_every,
-                         fixed_friction=self.fixed_friction, bootstrap_truncation=self.bootstrap_truncation)
+                         fixed_friction=self.fixed_friction, bootstrap_truncation=self.bootstrap_truncation,
+                         friction_mode=self.friction_mode)
         if method == "cbp":
             cfg.method = {**cfg.method, "maturity_threshold": self.cbp_maturity,
                           "replacement_rate": self.cbp_replacement_rate}
