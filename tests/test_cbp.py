@@ -254,6 +254,24 @@ def test_adaptable_contribution_prefers_constant_units() -> None:
     assert chosen["contribution"] != [2]
 
 
+def test_out_refresh_reuses_outgoing_magnitude() -> None:
+    with pytest.raises(ValueError, match="out_refresh"):
+        ContinualBackprop(mlp(), None, out_refresh=0)
+    utils = {}
+    for lr in (0.0, 0.1):
+        for refresh in (1, 4):
+            m = mlp(8)
+            opt = torch.optim.SGD(m.parameters(), lr=lr)
+            cbp = ContinualBackprop(m, opt, replacement_rate=0.0, decay_rate=0.9, out_refresh=refresh)
+            for x, y in data(6):
+                train_step(m, opt, x, y)
+                cbp.step()
+            utils[lr, refresh] = cbp.utilities()[0]
+    assert torch.equal(utils[0.0, 1], utils[0.0, 4])  # constant weights: caching changes nothing
+    assert not torch.allclose(utils[0.1, 1], utils[0.1, 4], rtol=1e-6, atol=0)
+    assert torch.allclose(utils[0.1, 1], utils[0.1, 4], rtol=0.2)  # but only slightly
+
+
 # -------------------------------------------------------------------------------- function invariance
 
 def _ablated_output(model: nn.Module, cbp: ContinualBackprop, replaced: list, x: torch.Tensor) -> torch.Tensor:

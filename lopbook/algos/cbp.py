@@ -85,14 +85,20 @@ class ContinualBackprop:
         bias_transfer: before zeroing a replaced unit's outgoing weights, add its mean contribution
             ``W_out[:, u]·ĥ_u`` to the next layer's bias (what upstream GnT intended but never did: its
             statistic was zeroed first, so it added 0). Off by default, like every upstream run.
+        out_refresh: recompute ``Σ|W_out[:, u]|`` every this many steps (1, the default, is exactly Algorithm 1).
+            Larger values reuse the last value in between: the outgoing weights change little per step, and on a
+            memory-bound CPU step (batch 1) reading every outgoing matrix each step is the main cost of CBP.
         groups: explicit unit groups instead of automatic discovery.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, replacement_rate: float = 1e-4,
                  maturity_threshold: int = 100, decay_rate: float = 0.99, utility: str = "contribution",
                  init: str = "default", bias_correction: bool = True, bias_transfer: bool = False,
-                 groups: Sequence[UnitGroup] | None = None):
+                 out_refresh: int = 1, groups: Sequence[UnitGroup] | None = None):
         _validate(replacement_rate, maturity_threshold, decay_rate, utility, init)
+        if out_refresh < 1 or int(out_refresh) != out_refresh:
+            raise ValueError(f"out_refresh must be an integer >= 1 (steps), got {out_refresh}")
+        self.out_refresh = int(out_refresh)
         self.model = model
         self.optimizer = optimizer
         self.replacement_rate = float(replacement_rate)
@@ -115,6 +121,7 @@ class ContinualBackprop:
                                      "use bias_transfer=False or give that layer a bias")
         self._need_mean = utility == "adaptable_contribution" or bias_transfer
         self.states = [_GroupState(g.n_units, g.in_layer.weight.device) for g in self.groups]
+        self._out_mag: list[torch.Tensor | None] = [None] * len(self.groups)
         self.steps = 0
         self.last_replaced: list[torch.Tensor | None] = [None] * len(self.groups)
         self.hooks = FeatureHooks(self.groups, self._reduce)
@@ -177,10 +184,13 @@ class ContinualBackprop:
             s.age_host += 1
             if self._need_mean:
                 s.mean_act.mul_(eta).add_(f["mean"], alpha=1 - eta)
+            out_mag = self._out_mag[i]
+            if out_mag is None or (self.steps - 1) % self.out_refresh == 0:
+                out_mag = self._out_mag[i] = g.out_magnitude()
             if self.utility == "contribution":
-                new = f["abs"] * g.out_magnitude()
+                new = f["abs"] * out_mag
             else:
-                new = f["dev"] * g.out_magnitude() / g.in_magnitude().clamp_min(1e-12)
+                new = f["dev"] * out_mag / g.in_magnitude().clamp_min(1e-12)
             s.util.mul_(eta).add_(new, alpha=1 - eta)
 
             n_eligible = int(np.count_nonzero(s.age_host > self.maturity_threshold))
@@ -204,6 +214,7 @@ class ContinualBackprop:
             s.age_host[idx.cpu().numpy()] = 0  # the only host sync, on replacement steps
             s.n_replaced += k
             self.last_replaced[i] = idx
+            self._out_mag = [None] * len(self.groups)  # outgoing (and deeper incoming) weights changed
             total += k
         self.hooks.clear()
         return total
@@ -215,7 +226,8 @@ class ContinualBackprop:
             "steps": self.steps,
             "hparams": {"replacement_rate": self.replacement_rate, "maturity_threshold": self.maturity_threshold,
                         "decay_rate": self.decay_rate, "utility": self.utility, "init": self.init,
-                        "bias_correction": self.bias_correction, "bias_transfer": self.bias_transfer},
+                        "bias_correction": self.bias_correction, "bias_transfer": self.bias_transfer,
+                        "out_refresh": self.out_refresh},
             "groups": [{"name": g.name, "age": s.age.cpu().clone(), "util": s.util.cpu().clone(),
                         "mean_act": s.mean_act.cpu().clone(), "counter": s.counter, "n_replaced": s.n_replaced}
                        for g, s in zip(self.groups, self.states, strict=True)],
@@ -227,6 +239,7 @@ class ContinualBackprop:
         if names != [g.name for g in self.groups]:
             raise ValueError(f"checkpoint has groups {names}, this model has {[g.name for g in self.groups]}")
         self.steps = int(state["steps"])
+        self._out_mag = [None] * len(self.groups)
         for g, s, d in zip(self.groups, self.states, state["groups"], strict=True):
             dev = g.in_layer.weight.device
             s.age, s.util, s.mean_act = (d[k].to(dev).clone() for k in ("age", "util", "mean_act"))

@@ -90,13 +90,13 @@ class UnitGroup:
     def out_magnitude(self) -> torch.Tensor:
         """Sum of |outgoing weights| per unit (over output rows, kernel positions and flattened columns)."""
         w = self.out_layer.weight.detach()
+        # |w| then a sum: on CPU this is several times faster than linalg.vector_norm(ord=1) over dim 0
         if isinstance(self.out_layer, nn.Linear):
-            s = torch.linalg.vector_norm(w, ord=1, dim=0)  # per input column, no |w| temporary
+            s = w.abs().sum(0)
             if self.cols_per_unit > 1:
                 s = s.view(-1, self.cols_per_unit).sum(1)
             return s
-        dims = [0] + list(range(2, w.dim()))
-        return torch.linalg.vector_norm(w, ord=1, dim=dims)
+        return w.abs().sum([0, *range(2, w.dim())])
 
     def in_magnitude(self) -> torch.Tensor:
         """Mean |incoming weight| per unit."""
