@@ -684,12 +684,16 @@ def _record(report: SweepReport, run: RunSpec, err: BaseException | None, job: A
 # aggregation
 
 
-def _stack_seeds(per_seed: list[np.ndarray], axis: int | None | str = "auto") -> tuple[np.ndarray, int | None]:
+def _stack_seeds(per_seed: list[np.ndarray], axis: int | None | str = "auto",
+                 n_methods: int | None = None) -> tuple[np.ndarray, int | None]:
     """Per-seed arrays of one variant -> one array holding every seed, and the axis the seeds are on.
 
     Each run had one seed, so an experiment's per-seed arrays carry a seed axis of length 1 (first for
     ``(seeds, T)`` curves, second for ``(methods, seeds, bins)``): by default the seeds are concatenated
-    along the first axis of length 1, which rebuilds exactly what one multi-seed run would return.
+    along the first axis of length 1, which rebuilds exactly what one multi-seed run would return. When
+    the result labels its methods (a 1-D string array ``methods`` or ``labels`` of length ``n_methods``),
+    an array shaped ``(n_methods, 1, ...)`` is methods-first and gets its seeds on axis 1, also when a
+    variant runs a single method.
     Arrays equal in every run without such an axis (labels, step indices) are kept once (axis ``None``);
     any other array gets a new leading seed axis. An experiment module may pin the axis per array with
     ``SWEEP_SEED_AXES = {"name": axis or None}``.
@@ -699,6 +703,8 @@ def _stack_seeds(per_seed: list[np.ndarray], axis: int | None | str = "auto") ->
     same = same_shape and all(np.array_equal(a, first) for a in per_seed[1:])
     if axis == "auto":
         unit = [i for i, d in enumerate(first.shape) if d == 1]
+        if n_methods is not None and first.ndim >= 2 and first.shape[:2] == (n_methods, 1):
+            unit = [1]  # (methods, seeds, ...) even with a single method
         if same and (first.dtype.kind in "USb" or not unit):
             return first, None
         axis = unit[0] if unit else 0
@@ -712,6 +718,14 @@ def _stack_seeds(per_seed: list[np.ndarray], axis: int | None | str = "auto") ->
     if same_shape and first.ndim > axis and first.shape[axis] == 1:
         return np.concatenate(per_seed, axis=axis), axis
     return np.stack(per_seed, axis=axis), axis
+
+
+def _method_count(result: Result) -> int | None:
+    for name in ("methods", "labels"):
+        arr = result.arrays.get(name)
+        if arr is not None and arr.ndim == 1 and arr.dtype.kind in "US":
+            return len(arr)
+    return None
 
 
 def aggregate(sweep: SweepConfig, *, write: bool = True, target: str | os.PathLike | None = None,
@@ -752,8 +766,10 @@ def aggregate(sweep: SweepConfig, *, write: bool = True, target: str | os.PathLi
         results = [load_result(r.path) for r in runs]
         names = sorted(set.intersection(*(set(res.arrays) for res in results)))
         stacked = {}
+        n_methods = _method_count(results[0])
         for n in names:
-            stacked[n], seed_axes[n] = _stack_seeds([res.arrays[n] for res in results], pinned.get(n, "auto"))
+            stacked[n], seed_axes[n] = _stack_seeds([res.arrays[n] for res in results], pinned.get(n, "auto"),
+                                                    n_methods)
             arrays[f"{v.id}/{n}"] = stacked[n]
         arrays[f"{v.id}/seeds"] = np.array([r.seed for r in runs])
         variant_arrays[v.id] = (stacked, len(runs))

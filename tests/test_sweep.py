@@ -226,3 +226,24 @@ def test_example_sweep_configs_parse(tmp_path: Path):
             pytest.skip(f"experiment {raw['experiment']!r} of {f.name} is not registered yet")
         sw = sweep.parse_sweep({**raw, "out": str(tmp_path / f.stem)}, source=f)
         assert sw.variants and sw.seeds
+
+
+def test_stack_seeds_finds_the_seed_axis():
+    """Per-seed arrays go back to the layout one multi-seed run returns."""
+    rng = np.random.default_rng(0)
+    curves = [rng.normal(size=(1, 7)) for _ in range(3)]                  # (seeds, T)
+    out, axis = sweep._stack_seeds(curves)
+    assert out.shape == (3, 7) and axis == 0 and np.array_equal(out[2], curves[2][0])
+    per_method = [rng.normal(size=(4, 1, 5)) for _ in range(3)]          # (methods, seeds, bins)
+    out, axis = sweep._stack_seeds(per_method, n_methods=4)
+    assert out.shape == (4, 3, 5) and axis == 1 and np.array_equal(out[:, 1], per_method[1][:, 0])
+    single = [rng.normal(size=(1, 1, 5)) for _ in range(3)]              # one method: still methods-first
+    assert sweep._stack_seeds(single, n_methods=1)[0].shape == (1, 3, 5)
+    assert sweep._stack_seeds(single)[0].shape == (3, 1, 5)               # without labels: seeds first
+    labels = [np.array(["bp", "cbp"])] * 3
+    out, axis = sweep._stack_seeds(labels)
+    assert axis is None and list(out) == ["bp", "cbp"]
+    steps = [np.arange(5)] * 3                                             # shared step index: stored once
+    assert sweep._stack_seeds(steps)[1] is None
+    with pytest.raises(SweepConfigError, match="differs across seeds"):
+        sweep._stack_seeds([np.zeros(2), np.ones(2)], axis=None)
