@@ -1,0 +1,70 @@
+"""Permuted MNIST: seeded bijective permutations, the task stream, the experiment's presets and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lopbook.data.mnist import MNISTNotFoundError
+from lopbook.experiments import ConfigError, get, run_experiment
+from lopbook.problems.permuted_mnist import PermutedStream, task_permutation
+
+
+def test_permutation_is_a_seeded_bijection():
+    p = task_permutation(3, 7, 784)
+    assert p.dtype == torch.int64 and sorted(p.tolist()) == list(range(784))
+    assert torch.equal(p, task_permutation(3, 7, 784))  # same (seed, task): same permutation
+    assert not torch.equal(p, task_permutation(3, 8, 784))  # next task: another one
+    assert not torch.equal(p, task_permutation(4, 7, 784))  # another seed: another one
+    with pytest.raises(ValueError):
+        task_permutation(0, 0, 0)
+
+
+def test_stream_permutes_pixels_and_scales_to_unit_interval():
+    imgs = torch.arange(2 * 9, dtype=torch.uint8).reshape(2, 3, 3) * 10
+    labels = torch.tensor([0, 1])
+    s = PermutedStream(imgs, labels, seed=1)
+    task = s(2)
+    perm = task_permutation(1, 2, 9)
+    x = task.apply(task.x_train)
+    expected = imgs.reshape(2, 9)[:, perm].float() / 255
+    assert torch.allclose(x, expected) and x.dtype == torch.float32
+    assert float(x.max()) <= 1.0
+    # each task sees the original pixels under its own permutation (not cumulative): rebuildable from t alone
+    assert torch.equal(PermutedStream(imgs, labels, seed=1)(2).apply(imgs.reshape(2, 9)), x)
+    ident = PermutedStream(imgs, labels, seed=1, permute_first=False)(0)
+    assert torch.allclose(ident.apply(ident.x_train), imgs.reshape(2, 9).float() / 255)
+    with pytest.raises(TypeError, match="uint8"):
+        PermutedStream(imgs.float(), labels, seed=0)
+
+
+def test_quick_preset_runs_and_records_per_task_curves():
+    res = run_experiment("permuted_mnist", "quick", mode="quick", progress=False, overrides={"num_tasks": 3})
+    labels = list(res["labels"])
+    assert labels == ["bp", "cbp"]
+    for key in ("acc", "loss", "dead", "erank", "srank", "wmag", "dormant"):
+        assert res[key].shape == (2, 2, 3), key
+    assert ((res["acc"] > 0.2) & (res["acc"] <= 1)).all()  # 10 classes: well above chance after one pass
+    assert (res["erank"] > 0).all() and (res["erank"] <= 1).all()
+    assert res.meta["dataset"]["stand_in"] is True
+    # same seed, same init and data order: BP and CBP see identical first-task probes (before any training)
+    np.testing.assert_allclose(res["wmag"][0, :, 0], res["wmag"][1, :, 0])
+
+
+def test_full_preset_without_mnist_fails_with_the_fix(tmp_path):
+    exp = get("permuted_mnist")
+    cfg = exp.preset_config("full", {"data_dir": str(tmp_path), "num_tasks": 1})
+    from lopbook.checkpoint import Checkpoint
+
+    with pytest.raises(MNISTNotFoundError, match="train-images-idx3-ubyte"):
+        exp.run(cfg, seeds=[0], device="cpu", checkpoint=Checkpoint(None), progress=False)
+
+
+def test_config_errors_name_the_problem():
+    exp = get("permuted_mnist")
+    with pytest.raises(ConfigError, match="data"):
+        exp.make_config({"data": "cifar"})
+    with pytest.raises(ConfigError, match="name"):
+        exp.make_config({"methods": {"x": {"lr": 1}}})
+    assert exp.presets["full"].paper_scale and exp.make_config({}).hidden == [2000, 2000, 2000]
