@@ -6,7 +6,8 @@ product of lists) and/or explicit variants, the seeds, an output folder and an e
     experiment: scr
     preset: full
     overrides: {steps: 1000000}          # applied to every variant
-    grid:                                # cartesian product of these lists
+    grid:                                # cartesian product of these lists (no grid, no variants:
+                                         # one variant, the preset itself, over the seeds)
       replacement_rate: [1.0e-5, 1.0e-4, 1.0e-3]
     variants:                            # optional; each one is combined with every grid point
       - {name: cbp, set: {method: cbp}}
@@ -288,8 +289,7 @@ def _parse_points(raw: dict[str, Any]) -> list[tuple[str | None, dict[str, Any],
     """(variant name, variant overrides, grid point) for every point: explicit variants × grid points."""
     has_grid, has_variants = "grid" in raw and raw["grid"] is not None, raw.get("variants") is not None
     if not has_grid and not has_variants:
-        raise SweepConfigError("the sweep has no variants: give `grid:` (lists of values to combine) "
-                               "and/or `variants:` (a list of {name: ..., set: {...}})")
+        return [(None, {}, {})]  # a seeds-only sweep of the preset (+ overrides)
     grid = _mapping(raw.get("grid"), "grid")
     if has_grid and not grid:
         raise SweepConfigError("grid is empty: give at least one key with a list of values, "

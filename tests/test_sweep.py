@@ -154,7 +154,7 @@ def test_partial_aggregate_and_stale_results(toy_registered, tmp_path: Path):
                                             r"valid keys are \['lr', 'steps'\]"),
     ({"grid": {"lr": []}}, "grid key 'lr' has an empty list"),
     ({"grid": {}}, "grid is empty"),
-    ({"grid": None}, "the sweep has no variants"),
+    ({"variants": []}, "variants must be a non-empty list"),
     ({"grid": {"lr": 0.1}}, "grid key 'lr' must be a list"),
     ({"grid": {"steps": [10, 0]}, "overrides": {}}, r"variant 'steps=0' \(#1\).*steps must be positive"),
     ({"grid": {"lr": ["fast"]}}, "lr='fast' is a str, but experiment 'toy' expects float"),
@@ -174,6 +174,12 @@ def test_bad_configs_fail_before_any_run(toy_registered, tmp_path: Path, change:
     with pytest.raises(ConfigError, match=message):
         load_sweep(path)
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_seeds_only_sweep_has_one_base_variant(toy_registered, tmp_path: Path):
+    sw = load_sweep(write(tmp_path, base_cfg(tmp_path, grid=None, seeds=3)))
+    assert [v.label for v in sw.variants] == ["base"] and sw.variants[0].config == {"steps": 30, "lr": 0.1}
+    assert len(sw.runs()) == 3
 
 
 def test_output_folder_must_be_writable(toy_registered, tmp_path: Path):
