@@ -36,6 +36,7 @@ Minimal use::
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -263,7 +264,7 @@ class Engine:
 
     def _autocast(self) -> Any:
         if self.amp_dtype is None:
-            return torch.autocast(device_type=self.device.type, enabled=False)
+            return contextlib.nullcontext()  # entering a disabled autocast costs microseconds per step
         return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
 
     def _passes(self, n: int) -> list[tuple[Tensor, list[int]]]:
@@ -332,9 +333,13 @@ class Engine:
         passes = self._passes(len(x))
         sizes_h = np.array([sz for _, sizes in passes for sz in sizes], dtype=np.float64)
         n_steps = len(sizes_h)
-        # per-step correct counts and summed losses stay on the device until the task ends
-        acc_buf = torch.zeros(n_steps, device=self.device)
-        loss_buf = torch.zeros(n_steps, device=self.device)
+        if n_steps == 0:
+            raise ValueError(f"task {task.name!r} has {len(x)} examples, fewer than batch_size={cfg.batch_size} "
+                             f"with drop_last=True: no update would run; lower the batch size or set drop_last=False")
+        # per-step correct counts and mean losses stay on the device (as 0-d tensors: appending them launches
+        # no kernel) until the task ends, when they are stacked and copied to the host once
+        acc_log: list[Tensor] = []
+        loss_log: list[Tensor] = []
         epoch_ends: list[int] = []
         epoch_test: list[tuple[float, float]] = []
         step = 0
@@ -365,10 +370,11 @@ class Engine:
                     self.optimizer.step()
                 for m in self.methods:
                     m.step()
-                with torch.no_grad():  # from the forward pass before the update: the online measure
-                    loss_buf[step] = loss.detach() * bsz
-                    if out.ndim == 2:
-                        acc_buf[step] = (out.detach().argmax(1) == yb).sum()
+                # from the forward pass before the update: the online measure
+                loss_log.append(loss.detach())
+                if out.ndim == 2:
+                    with torch.no_grad():
+                        acc_log.append((out.detach().argmax(1) == yb).sum())
                 step += 1
                 self.steps_done += 1
             epoch_ends.append(step)
@@ -377,8 +383,10 @@ class Engine:
             hooks.on_epoch_end(self, t, task, epoch)
 
         # the single host transfer of the task's per-step logs
-        acc_h, loss_h = (b.cpu().numpy().astype(np.float64) for b in (acc_buf, loss_buf))
         size_h = sizes_h
+        loss_h = torch.stack(loss_log).float().cpu().numpy().astype(np.float64) * size_h
+        acc_h = (torch.stack(acc_log).float().cpu().numpy().astype(np.float64) if acc_log
+                 else np.zeros(n_steps))
         total = size_h.sum()
         log["online_acc"] = acc_h.sum() / total
         log["online_loss"] = loss_h.sum() / total
