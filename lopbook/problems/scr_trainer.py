@@ -32,7 +32,7 @@ Initialisation follows upstream's ``FFNN``: hidden weights kaiming-uniform for t
 Seeding: for seed ``s`` every method sees the same problem stream, and the same initial weights (drawn as
 ``U(-1, 1)`` from a stream of ``s`` and scaled by the activation's bound), so comparisons are paired as in
 upstream's shared problems. S&P noise and CBP re-initialisations come from per-run streams derived from
-``(s, method index)``, so a run's numbers do not depend on which other runs share the batch.
+``(s, method label)``, so a run's numbers do not depend on which other runs share the batch.
 
 Logged per bin of ``bin_size`` examples (20,000 = 2T, upstream's plot bin): mean squared error; fraction of
 hidden units that are inactive on the current example, averaged over the bin (relu family: ``h <= 0``, which
@@ -45,6 +45,7 @@ CBP replacements.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -172,13 +173,28 @@ def effective_rank(features: np.ndarray) -> np.ndarray:
     return np.where(total[..., 0] > 0, np.exp(ent), 0.0)
 
 
-class _Group:
-    """All runs that share one activation: a contiguous block of method slices."""
+def _one_blas_thread() -> Any:
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: only a speed matter
+        import contextlib
 
-    def __init__(self, activation: str, specs: list[tuple[int, MethodSpec]], seeds: Sequence[int],
+        return contextlib.nullcontext()
+    return threadpool_limits(1)
+
+
+class _Group:
+    """All hidden-layer runs (or all linear-baseline runs): one batch of contiguous method slices.
+
+    Runs with different activations share one batch, so the forward pass and the update are one numpy call
+    each for every run; only the activation is applied per contiguous block of runs (``act_slices``).
+    """
+
+    def __init__(self, specs: list[tuple[int, MethodSpec]], seeds: Sequence[int],
                  n_inputs: int, n_hidden: int, dtype: Any):
-        self.act = activation
-        self.linear = activation == "linear"
+        self.linear = specs[0][1].activation == "linear"
+        if any((sp.activation == "linear") != self.linear for _, sp in specs):
+            raise ValueError("linear and hidden-layer learners cannot share a batch")
         self.specs = specs  # (method index, spec), each spec covers len(seeds) consecutive runs
         S = len(seeds)
         self.R = R = S * len(specs)
@@ -186,13 +202,20 @@ class _Group:
         self.run_seeds = [int(s) for s in seeds] * len(specs)
         self.method_idx = np.repeat([mi for mi, _ in specs], S)
         self.slices = [(k * S, (k + 1) * S, mi, spec) for k, (mi, spec) in enumerate(specs)]
+        self.act_slices: list[tuple[int, int, str]] = []  # maximal blocks of runs with one activation
+        for a, b, _, sp in self.slices:
+            if self.act_slices and self.act_slices[-1][2] == sp.activation and self.act_slices[-1][1] == a:
+                self.act_slices[-1] = (self.act_slices[-1][0], b, sp.activation)
+            else:
+                self.act_slices.append((a, b, sp.activation))
+        self.single_act = len(self.act_slices) == 1
         self.two_lr = np.repeat([2.0 * sp.lr for _, sp in specs], S).astype(dtype)
         self.decays = [(a, b, 1.0 - sp.lr * sp.weight_decay) for a, b, _, sp in self.slices if sp.weight_decay > 0]
         self.noisy = [(a, b, sp.perturb_scale) for a, b, _, sp in self.slices if sp.perturb_scale > 0]
         self.cbps = [(a, b, sp) for a, b, _, sp in self.slices if sp.method == "cbp"]
         self.n_in, self.n_h, self.dtype = n_inputs, n_hidden, dtype
-        bw, bv = init_bounds(activation, n_inputs, n_hidden)
-        self.bound_w = bw
+        self.bound_w = np.repeat([init_bounds(sp.activation, n_inputs, n_hidden)[0] for _, sp in specs], S)
+        bv = init_bounds("relu", n_inputs, n_hidden)[1]
         # Same U(-1, 1) draws for every method and activation of a seed: paired comparisons.
         W1 = np.empty((R, n_hidden if not self.linear else 1, n_inputs), dtype=dtype)
         v = np.empty((R, n_hidden), dtype=dtype)
@@ -200,16 +223,21 @@ class _Group:
             rng = np.random.default_rng([s, _TAG_INIT])
             u_w = rng.uniform(-1.0, 1.0, size=(n_hidden, n_inputs))
             u_v = rng.uniform(-1.0, 1.0, size=n_hidden)
-            W1[r] = (u_w[:1] if self.linear else u_w) * bw
+            W1[r] = (u_w[:1] if self.linear else u_w) * self.bound_w[r]
             v[r] = u_v * bv
         self.W1 = W1
+        self.K, self.S = len(specs), S
+        # (method, seed, unit, input) view: one seed's input broadcasts over every method, with no copies
+        self.W1k = W1.reshape(self.K, S, W1.shape[1], n_inputs)
         self.b1 = np.zeros((R, W1.shape[1]), dtype=dtype)
         self.v = v
         self.c = np.zeros(R, dtype=dtype)
         # per-run streams for S&P noise and CBP re-initialisation
-        self.noise_rng = {r: np.random.default_rng([self.run_seeds[r], _TAG_NOISE, int(self.method_idx[r])])
+        # keyed by the label, not the position, so a run does not depend on the other methods in the list
+        tag = np.repeat([zlib.crc32(sp.label.encode()) for _, sp in specs], S)
+        self.noise_rng = {r: np.random.default_rng([self.run_seeds[r], _TAG_NOISE, int(tag[r])])
                           for a, b, _ in self.noisy for r in range(a, b)}
-        self.cbp_rng = {r: np.random.default_rng([self.run_seeds[r], _TAG_CBP, int(self.method_idx[r])])
+        self.cbp_rng = {r: np.random.default_rng([self.run_seeds[r], _TAG_CBP, int(tag[r])])
                         for a, b, _ in self.cbps for r in range(a, b)}
         self.util = np.zeros((R, n_hidden), dtype=dtype)
         self.age = np.zeros((R, n_hidden), dtype=np.int64)
@@ -219,23 +247,34 @@ class _Group:
 
     # --- one online step for every run of the group -------------------------------------------------------
     def step(self, x: np.ndarray, y: np.ndarray, e2_out: np.ndarray, h_out: np.ndarray | None, j: int) -> None:
-        """Forward, record squared error (pre-update), SGD update, then S&P noise and CBP."""
-        W1, b1, v = self.W1, self.b1, self.v
-        pre = np.einsum("rij,rj->ri", W1, x)
+        """Forward, record squared error (pre-update), SGD update, then S&P noise and CBP.
+
+        ``x`` (seeds, n_in) and ``y`` (seeds,) are this step's example of each seed's problem.
+        """
+        W1k, b1, v = self.W1k, self.b1, self.v
+        K, S, n_out = self.K, self.S, W1k.shape[2]
+        pre = np.einsum("ksij,sj->ksi", W1k, x).reshape(self.R, n_out)
         pre += b1
         if self.linear:
-            e = pre[:, 0] - y  # the linear baseline's only bias is b1
+            e = pre[:, 0]  # the linear baseline's only bias is b1
+            e.reshape(K, S)[...] -= y
             np.multiply(e, e, out=e2_out)
             ge = self.two_lr * e
             self._decay()
-            W1 -= ge[:, None, None] * x[:, None, :]
+            W1k -= ge.reshape(K, S, 1, 1) * x[None, :, None, :]
             b1 -= ge[:, None]
             self._perturb(j)
             return
-        h, dh = activate(self.act, pre, out=h_out)
+        if self.single_act:
+            h, dh = activate(self.act_slices[0][2], pre, out=h_out)
+        else:
+            h = h_out if h_out is not None else np.empty_like(pre)
+            dh = np.empty_like(pre)
+            for a, b, act in self.act_slices:
+                _, dh[a:b] = activate(act, pre[a:b], out=h[a:b])
         e = np.einsum("ri,ri->r", v, h)
         e += self.c
-        e -= y
+        e.reshape(K, S)[...] -= y
         np.multiply(e, e, out=e2_out)
         ge = self.two_lr * e
         dpre = ge[:, None] * v
@@ -243,7 +282,7 @@ class _Group:
         self._decay()
         v -= ge[:, None] * h
         self.c -= ge
-        W1 -= dpre[:, :, None] * x[:, None, :]
+        W1k -= dpre.reshape(K, S, n_out, 1) * x[None, :, None, :]
         b1 -= dpre
         self._perturb(j)
         for a, b, spec in self.cbps:
@@ -303,7 +342,7 @@ class _Group:
         u_hat = self.util[r, eligible] / (1.0 - spec.decay_rate ** self.age[r, eligible])
         chosen = eligible[np.argsort(u_hat, kind="stable")[:k]]
         rng = self.cbp_rng[r]
-        self.W1[r, chosen] = rng.uniform(-self.bound_w, self.bound_w, size=(k, self.n_in))
+        self.W1[r, chosen] = rng.uniform(-self.bound_w[r], self.bound_w[r], size=(k, self.n_in))
         self.b1[r, chosen] = 0.0
         self.v[r, chosen] = 0.0
         self.util[r, chosen] = 0.0
@@ -319,8 +358,12 @@ class _Group:
             nan = np.full(self.R, np.nan)
             return {"erank": nan, "dead_probe": nan, "w_in": w_in, "w_out": nan}
         pre = np.einsum("rnj,rij->rni", probe, self.W1) + self.b1[:, None, :]
-        h, _ = activate(self.act, pre)
-        return {"erank": effective_rank(h), "dead_probe": inactive(self.act, h).all(axis=1).mean(1),
+        dead = np.empty(self.R)
+        for a, b, act in self.act_slices:
+            h, _ = activate(act, pre[a:b])
+            pre[a:b] = h
+            dead[a:b] = inactive(act, h).all(axis=1).mean(1)
+        return {"erank": effective_rank(pre), "dead_probe": dead,
                 "w_in": w_in, "w_out": np.abs(self.v).mean(1)}
 
     # --- checkpoints ---------------------------------------------------------------------------------------
@@ -373,10 +416,10 @@ class BatchedSCRTrainer:
         self.bin_size, self.chunk, self.dtype = bin_size, chunk, dtype
         self.streams = [SCRStream(s, variant=variant, period=period) for s in self.seeds]
         n_in = self.streams[0].n_inputs
-        by_act: dict[str, list[tuple[int, MethodSpec]]] = {}
-        for i, m in enumerate(self.methods):
-            by_act.setdefault(m.activation, []).append((i, m))
-        self.groups = [_Group(act, specs, self.seeds, n_in, n_hidden, dtype) for act, specs in by_act.items()]
+        order = sorted(range(len(self.methods)), key=lambda i: ACTIVATIONS.index(self.methods[i].activation))
+        hidden = [(i, self.methods[i]) for i in order if self.methods[i].activation != "linear"]
+        linear = [(i, self.methods[i]) for i in order if self.methods[i].activation == "linear"]
+        self.groups = [_Group(specs, self.seeds, n_in, n_hidden, dtype) for specs in (hidden, linear) if specs]
         probes = np.stack([s.probe_inputs(probe_size, dtype) for s in self.streams])
         self._probes = [probes[g.seed_idx] for g in self.groups]
         self.t = 0
@@ -398,21 +441,21 @@ class BatchedSCRTrainer:
         bufs_e = [np.empty((C, g.R), dtype=self.dtype) for g in self.groups]
         bufs_h = [None if g.linear else np.empty((C, g.R, g.n_h), dtype=self.dtype) for g in self.groups]
         while self.t < n_examples:
-            xs, ys = zip(*(s.next_chunk(C, self.dtype) for s in self.streams), strict=False)
+            with _one_blas_thread():  # BLAS threads only fight each other on a small, shared CPU
+                xs, ys = zip(*(s.next_chunk(C, self.dtype) for s in self.streams), strict=True)
             X, Y = np.stack(xs, 1), np.stack(ys, 1)  # (C, seeds, n_in), (C, seeds)
             for gi, g in enumerate(self.groups):
-                Xg = np.ascontiguousarray(X[:, g.seed_idx])
-                Yg = np.ascontiguousarray(Y[:, g.seed_idx])
                 g.draw_noise(C)
                 E, H = bufs_e[gi], bufs_h[gi]
                 step = g.step
                 if H is None:
                     for j in range(C):
-                        step(Xg[j], Yg[j], E[j], None, j)
+                        step(X[j], Y[j], E[j], None, j)
                 else:
                     for j in range(C):
-                        step(Xg[j], Yg[j], E[j], H[j], j)
-                    self._acc_inactive[gi] += inactive(g.act, H).mean(2).sum(0)
+                        step(X[j], Y[j], E[j], H[j], j)
+                    for a, b, act in g.act_slices:
+                        self._acc_inactive[gi][a:b] += inactive(act, H[:, a:b]).mean(2).sum(0)
                 self._acc_err[gi] += E.sum(0)
             self.t += C
             if self.t % self.bin_size == 0:
