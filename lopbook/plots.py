@@ -186,6 +186,59 @@ def slippery_ant_metrics_figure(result) -> go.Figure:
     return metric_dropdown_figure(result["iter_step"], metrics, title="Inside the policy network",
                                   xaxis="env steps")
 
+# --- permuted MNIST ---
+
+def permuted_digits_figure(image: np.ndarray, perms: Sequence[np.ndarray], titles: Sequence[str] | None = None
+                           ) -> go.Figure:
+    """One ``28×28`` digit as the network sees it under several tasks' pixel permutations (side by side)."""
+    from plotly.subplots import make_subplots
+
+    img = np.asarray(image, dtype=float).reshape(-1)
+    side = int(round(np.sqrt(img.size)))
+    titles = list(titles) if titles is not None else [f"task {i}" for i in range(len(perms))]
+    fig = make_subplots(rows=1, cols=len(perms), subplot_titles=titles, horizontal_spacing=0.02)
+    for i, perm in enumerate(perms):
+        z = img[np.asarray(perm)].reshape(side, side)
+        fig.add_trace(go.Heatmap(z=z[::-1], colorscale="gray_r", showscale=False, hoverinfo="skip"), 1, i + 1)
+        fig.update_xaxes(visible=False, row=1, col=i + 1)
+        fig.update_yaxes(visible=False, scaleanchor=f"x{i + 1 if i else ''}", row=1, col=i + 1)
+    fig.update_layout(height=260, margin={"t": 40, "b": 10, "l": 10, "r": 10}, template="plotly_white")
+    return fig
+
+
+def task_slider_figure(values: Mapping[str, np.ndarray], *, title: str, yaxis: str, every: int = 1,
+                       task_offset: int = 0) -> go.Figure:
+    """Per method, mean ± 95% CI over seeds at one task (bars), with a slider to move through the tasks.
+
+    ``values[label]`` has shape (seeds x tasks); the slider has a step every ``every`` tasks.
+    """
+    labels = list(values)
+    n_tasks = np.asarray(values[labels[0]]).shape[-1]
+    steps_at = list(range(0, n_tasks, max(1, every)))
+    if steps_at[-1] != n_tasks - 1:
+        steps_at.append(n_tasks - 1)
+    stats = {lab: mean_and_band(np.asarray(values[lab])) for lab in labels}
+    lo_all = min(float(np.nanmin(st[1])) for st in stats.values())
+    hi_all = max(float(np.nanmax(st[2])) for st in stats.values())
+    pad = 0.05 * (hi_all - lo_all + 1e-12)
+
+    def bar(t: int) -> go.Bar:
+        mean = [float(stats[lab][0][t]) for lab in labels]
+        err = [float(stats[lab][2][t] - stats[lab][0][t]) for lab in labels]
+        return go.Bar(x=labels, y=mean, error_y={"type": "data", "array": err},
+                      marker_color=[color(lab, i) for i, lab in enumerate(labels)])
+
+    fig = go.Figure(data=[bar(steps_at[0])], frames=[go.Frame(data=[bar(t)], name=str(t)) for t in steps_at])
+    slider_steps = [{"label": str(t + task_offset), "method": "animate",
+                     "args": [[str(t)], {"mode": "immediate", "frame": {"duration": 0, "redraw": True},
+                                         "transition": {"duration": 0}}]} for t in steps_at]
+    fig.update_layout(title=title, yaxis_title=yaxis, template="plotly_white", height=420,
+                      yaxis_range=[lo_all - pad, hi_all + pad],
+                      sliders=[{"steps": slider_steps, "currentvalue": {"prefix": "task "}, "pad": {"t": 40}}])
+    return fig
+
+
 __all__: Sequence[str] = ["show", "color", "mean_and_band", "band_traces", "curves_figure",
                           "metric_dropdown_figure", "bin_mean", "METHOD_COLORS",
-                          "slippery_ant_returns_figure", "slippery_ant_metrics_figure", "friction_changes"]
+                          "slippery_ant_returns_figure", "slippery_ant_metrics_figure", "friction_changes",
+                          "permuted_digits_figure", "task_slider_figure"]
