@@ -238,6 +238,95 @@ def task_slider_figure(values: Mapping[str, np.ndarray], *, title: str, yaxis: s
     return fig
 
 
+# --- slowly-changing regression ---
+# One colour per activation for the "BP with six activations" panels (methods keep METHOD_COLORS).
+SCR_ACT_COLORS: dict[str, str] = {"relu": "#d62728", "tanh": "#ff7f0e", "sigmoid": "#8c564b", "elu": "#e377c2",
+                                  "leaky_relu": "#bcbd22", "swish": "#17becf", "linear": "#000000"}
+
+
+def _scr_color(label: str, by_activation: bool) -> str:
+    if by_activation and label.startswith("bp_"):
+        return SCR_ACT_COLORS.get(label[3:], "#7f7f7f")
+    return color(label)
+
+
+def scr_problem_figure(x: np.ndarray, y: np.ndarray, period: int, every: int = 50) -> go.Figure:
+    """The SCR input stream as a bit raster (every ``every``-th example) above the target over time."""
+    from plotly.subplots import make_subplots
+
+    idx = np.arange(0, len(x), every)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35], vertical_spacing=0.06,
+                        subplot_titles=("input bits (rows 1-15 slow, 16-20 fresh per example)",
+                                        f"target y (mean over each block of {every} examples)"))
+    fig.add_trace(go.Heatmap(x=idx, y=np.arange(1, x.shape[1] + 1), z=x[idx].T, colorscale=[[0, "#f7f7f7"],
+                             [1, "#1f4e79"]], showscale=False, hovertemplate="example %{x}<br>bit %{y}: %{z}"
+                             "<extra></extra>"), row=1, col=1)
+    ym = y[: len(y) // every * every].reshape(-1, every).mean(1)
+    fig.add_trace(go.Scatter(x=idx[: len(ym)], y=ym, mode="lines", line={"color": "#444"}, name="target"),
+                  row=2, col=1)
+    for t in range(period, len(x), period):
+        fig.add_vline(x=t, line_dash="dot", line_color="#d62728", opacity=0.6)
+    fig.update_yaxes(autorange="reversed", title_text="bit", row=1, col=1)
+    fig.update_yaxes(title_text="y", row=2, col=1)
+    fig.update_xaxes(title_text="example", row=2, col=1)
+    fig.update_layout(template="plotly_white", height=480, showlegend=False, margin={"t": 60})
+    return fig
+
+
+def scr_panels_figure(x: np.ndarray, panels: Mapping[str, Mapping[str, np.ndarray]], *, title: str,
+                      xaxis: str = "examples", yaxes: Mapping[str, str] | None = None,
+                      reference: Mapping[str, Sequence[tuple[float, float, float, str]]] | None = None,
+                      hlines: Mapping[str, Mapping[str, float]] | None = None) -> go.Figure:
+    """Mean +- 95% CI curves; a dropdown picks the panel (a set of labelled (seeds x points) arrays).
+
+    ``reference[panel]`` lists published read-offs ``(x, y_low, y_high, text)`` drawn as black diamonds with
+    range bars; ``hlines[panel]`` maps a name to a horizontal dotted level (e.g. the linear baseline).
+    """
+    fig = go.Figure()
+    spans: list[tuple[int, int]] = []
+    names = list(panels)
+    for k, pname in enumerate(names):
+        start = len(fig.data)
+        curves = panels[pname]
+        by_act = sum(lab.startswith("bp_") for lab in curves) > 1
+        for label, runs in curves.items():
+            for tr in band_traces(np.asarray(x), runs, label, _scr_color(label, by_act), visible=k == 0,
+                                  legendgroup=f"{pname}:{label}"):
+                fig.add_trace(tr)
+        for text, level in (hlines or {}).get(pname, {}).items():
+            fig.add_trace(go.Scatter(x=[x[0], x[-1]], y=[level, level], mode="lines", name=text, visible=k == 0,
+                                     line={"color": "black", "dash": "dot", "width": 1.5}))
+        pts = (reference or {}).get(pname, [])
+        if pts:
+            xs, lo, hi, txt = (list(v) for v in zip(*pts, strict=True))
+            mid = [(a + b) / 2 for a, b in zip(lo, hi, strict=True)]
+            fig.add_trace(go.Scatter(x=xs, y=mid, mode="markers", name="paper's figure (read-off)",
+                                     visible=k == 0, text=txt, hovertemplate="%{text}<extra></extra>",
+                                     marker={"symbol": "diamond-open", "size": 11, "color": "black"},
+                                     error_y={"type": "data", "symmetric": False,
+                                              "array": [b - m for b, m in zip(hi, mid, strict=True)],
+                                              "arrayminus": [m - a for a, m in zip(lo, mid, strict=True)]}))
+        spans.append((start, len(fig.data)))
+    n = len(fig.data)
+    yaxes = yaxes or {}
+    buttons = [{"label": pname, "method": "update",
+                "args": [{"visible": [a <= j < b for j in range(n)]},
+                         {"yaxis": {"title": {"text": yaxes.get(pname, "")}}}]}
+               for pname, (a, b) in zip(names, spans, strict=True)]
+    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxes.get(names[0], "") if names else "",
+                      template="plotly_white", height=480, margin={"t": 90}, hovermode="x unified",
+                      updatemenus=[{"buttons": buttons, "direction": "down", "x": 1.0, "xanchor": "right",
+                                    "y": 1.18, "yanchor": "top"}])
+    return fig
+
+
+def scr_curves(result, metric: str, labels: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """``{label: (seeds x bins)}`` of one metric of an ``scr`` result (all labels by default)."""
+    all_labels = [str(lab) for lab in result["labels"]]
+    labels = [lab for lab in (labels or all_labels) if lab in all_labels]
+    return {lab: result[metric][all_labels.index(lab)] for lab in labels}
+
+
 __all__: Sequence[str] = ["show", "color", "mean_and_band", "band_traces", "curves_figure",
                           "metric_dropdown_figure", "bin_mean", "METHOD_COLORS",
                           "slippery_ant_returns_figure", "slippery_ant_metrics_figure", "friction_changes",
