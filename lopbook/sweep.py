@@ -129,6 +129,7 @@ class SweepConfig:
     device: str | None
     executor: ExecutorConfig
     target: Path
+    merge: str | None = None   # "methods": write the layout of one run of every method (see aggregate)
     source: Path | None = None
 
     def runs(self) -> list[RunSpec]:
@@ -139,6 +140,7 @@ class SweepConfig:
         return {"name": self.name, "experiment": self.experiment, "preset": self.preset,
                 "overrides": self.overrides, "seeds": self.seeds,
                 "config_file": str(self.source) if self.source else None, "aggregate": str(self.target),
+                "merge": self.merge,
                 "variants": [{"id": v.id, "label": v.label, "overrides": v.overrides,
                               "config_overrides": v.config_overrides,
                               "runs": [f"runs/{v.id}/seed{s}.npz" for s in self.seeds]} for v in self.variants]}
@@ -387,6 +389,22 @@ def _check_writable(out: Path) -> None:
             raise SweepConfigError(f"output folder {out} is not writable ({err.strerror or err}); {fix}") from err
 
 
+MERGE_MODES = ("methods",)
+
+
+def _parse_aggregate(raw: Any, experiment: str, name: str) -> tuple[Path, str | None]:
+    """``aggregate: <name or .npz path>`` or ``aggregate: {target: ..., merge: methods}``."""
+    if isinstance(raw, dict):
+        unknown = sorted(set(raw) - {"target", "merge"})
+        if unknown:
+            raise SweepConfigError(f"aggregate has unknown options {unknown}; valid options are ['target', 'merge']")
+        merge = raw.get("merge")
+        if merge is not None and merge not in MERGE_MODES:
+            raise SweepConfigError(f"aggregate merge {merge!r} is not one of {list(MERGE_MODES)}")
+        return _resolve_target(raw.get("target"), experiment, name), merge
+    return _resolve_target(raw, experiment, name), None
+
+
 def _resolve_target(raw: Any, experiment: str, name: str) -> Path:
     if raw is None:
         raw = name
@@ -450,9 +468,10 @@ def parse_sweep(raw: Mapping[str, Any], source: Path | None = None, *, check_out
     out = Path(raw.get("out") or Path("runs") / "sweeps" / name).expanduser().resolve()
     if check_output:
         _check_writable(out)
-    target = _resolve_target(raw.get("aggregate"), exp.name, name)
+    target, merge = _parse_aggregate(raw.get("aggregate"), exp.name, name)
     return SweepConfig(name=name, experiment=exp.name, preset=preset, overrides=base, variants=variants,
-                       seeds=seeds, out=out, device=device, executor=executor, target=target, source=source)
+                       seeds=seeds, out=out, device=device, executor=executor, target=target, merge=merge,
+                       source=source)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -720,6 +739,39 @@ def _stack_seeds(per_seed: list[np.ndarray], axis: int | None | str = "auto",
     return np.stack(per_seed, axis=axis), axis
 
 
+def _merge_methods(kept: list[Variant], variant_arrays: dict[str, tuple[dict[str, np.ndarray], int]],
+                   seed_axes: dict[str, int | None], meta: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Concatenate per-method variants along the methods axis: the layout of one run of all methods."""
+    parts = [variant_arrays[v.id][0] for v in kept]
+    if len({n for _, n in variant_arrays.values()}) != 1:
+        raise SweepConfigError("merge: methods needs the same finished seeds in every variant (not --partial)")
+    label = next((n for n in ("methods", "labels") if all(n in p and p[n].ndim == 1 for p in parts)), None)
+    if label is None:
+        raise SweepConfigError("merge: methods needs a 1-D `methods` or `labels` array in every run's result")
+    counts = [len(p[label]) for p in parts]
+    merged_labels = np.concatenate([p[label] for p in parts])
+    dup = sorted({x for x in merged_labels.tolist() if merged_labels.tolist().count(x) > 1})
+    if dup:
+        raise SweepConfigError(f"merge: methods would repeat methods {dup}; give each variant other methods")
+    out: dict[str, np.ndarray] = {label: merged_labels}
+    for n in sorted(set.intersection(*(set(p) for p in parts)) - {label}):
+        arrs = [p[n] for p in parts]
+        if seed_axes.get(n) == 1 and all(a.ndim >= 2 and a.shape[0] == c for a, c in zip(arrs, counts, strict=True)):
+            try:
+                out[n] = np.concatenate(arrs, axis=0)
+                continue
+            except ValueError:
+                pass
+        if all(a.shape == arrs[0].shape and np.array_equal(a, arrs[0]) for a in arrs[1:]):
+            out[n] = arrs[0]
+        else:
+            raise SweepConfigError(f"merge: methods cannot merge array {n!r}: it has no methods axis and differs "
+                                   f"between variants; aggregate without merge to keep it per variant")
+    meta["sweep"]["merged"] = {"axis": "methods", "label_array": label,
+                               "from_variants": [v.id for v in kept]}
+    return out
+
+
 def _method_count(result: Result) -> int | None:
     for name in ("methods", "labels"):
         arr = result.arrays.get(name)
@@ -729,7 +781,7 @@ def _method_count(result: Result) -> int | None:
 
 
 def aggregate(sweep: SweepConfig, *, write: bool = True, target: str | os.PathLike | None = None,
-              partial: bool = False) -> Result:
+              partial: bool = False, merge: str | None = "config") -> Result:
     """Stack the sweep's per-seed results into one :class:`Result` and (by default) write it atomically.
 
     Arrays:
@@ -746,7 +798,15 @@ def aggregate(sweep: SweepConfig, *, write: bool = True, target: str | os.PathLi
 
     ``meta["sweep"]`` lists the variants (ids, labels, overrides) and every run (file, seed, commit,
     device, time). With ``partial=True`` unfinished runs are left out instead of being an error.
+
+    ``merge="methods"`` (config ``aggregate: {target: full, merge: methods}``) is for sweeps that split a
+    preset into one variant per method: the variants' methods-first arrays are concatenated along the
+    methods axis and everything else must agree, so the file has exactly the layout of
+    ``python -m lopbook run <experiment> --preset <preset>`` and a chapter reading
+    ``data/<experiment>/<preset>.npz`` reads it unchanged. The default takes the config's choice.
     """
+    if merge == "config":
+        merge = sweep.merge
     st = status(sweep)
     done = {r.name for r in st["done"]}
     missing = [r for r in sweep.runs() if r.name not in done]
@@ -827,6 +887,8 @@ def aggregate(sweep: SweepConfig, *, write: bool = True, target: str | os.PathLi
                      "variants": [{"id": v.id, "label": v.label, "overrides": v.overrides} for v in kept],
                      "seed_axis": seed_axes,
                      "runs": runs_meta}
+    if merge == "methods":
+        arrays = _merge_methods(kept, variant_arrays, seed_axes, meta)
     result = Result(arrays=arrays, meta=meta)
     if write:
         save_result(result, Path(target) if target is not None else sweep.target)
