@@ -131,7 +131,7 @@ class ContinualBackprop:
         """Per-unit statistics of one forward's features, computed on the device right away."""
         g, s = self.groups[i], self.states[i]
         dims = reduce_dims(g, h)
-        out = {"abs": h.abs().mean(dims, dtype=torch.float32)}
+        out = {"abs": g.mean_abs(h)}
         if self._need_mean:
             out["mean"] = h.mean(dims, dtype=torch.float32)
         if self.utility == "adaptable_contribution":
@@ -214,7 +214,11 @@ class ContinualBackprop:
             s.age_host[idx.cpu().numpy()] = 0  # the only host sync, on replacement steps
             s.n_replaced += k
             self.last_replaced[i] = idx
-            self._out_mag = [None] * len(self.groups)  # outgoing (and deeper incoming) weights changed
+            if out_mag is not None:  # cached magnitudes: the replaced columns are now 0 ...
+                out_mag.index_fill_(0, idx, 0.0)
+            for j, other in enumerate(self.groups):  # ... and the layer feeding g changed rows: recompute
+                if other.out_layer is g.in_layer:
+                    self._out_mag[j] = None
             total += k
         self.hooks.clear()
         return total

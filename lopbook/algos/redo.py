@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .units import FeatureHooks, UnitGroup, check_init, find_unit_groups, reduce_dims, reinit_units
+from .units import FeatureHooks, UnitGroup, check_init, find_unit_groups, reinit_units
 
 
 class ReDo:
@@ -48,8 +48,7 @@ class ReDo:
         self.steps = 0
         self.n_reset = [0] * len(self.groups)
         self.last_scores: list[torch.Tensor | None] = [None] * len(self.groups)
-        self.hooks = FeatureHooks(self.groups, lambda i, h: h.abs().mean(reduce_dims(self.groups[i], h),
-                                                                          dtype=torch.float32))
+        self.hooks = FeatureHooks(self.groups, lambda i, h: self.groups[i].mean_abs(h))
         self._arm()
 
     def _arm(self) -> None:

@@ -80,6 +80,16 @@ class UnitGroup:
         """Dimension of the unit axis in the feature tensor (1 for conv maps, -1 for Linear outputs)."""
         return 1 if isinstance(self.in_layer, (nn.Conv1d, nn.Conv2d)) else -1
 
+    @property
+    def nonnegative(self) -> bool:
+        """Whether the activation's outputs are >= 0 (then mean|h| = mean h, which saves a pass over h)."""
+        return isinstance(self.act, (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus, nn.Hardsigmoid))
+
+    def mean_abs(self, h: torch.Tensor) -> torch.Tensor:
+        """Per-unit mean |h| over batch (and spatial) dims, in float32."""
+        dims = reduce_dims(self, h)
+        return (h if self.nonnegative else h.abs()).mean(dims, dtype=torch.float32)
+
     def out_columns(self, idx: torch.Tensor) -> torch.Tensor:
         """Input-column indices of ``out_layer`` fed by units ``idx``."""
         if self.cols_per_unit == 1:
