@@ -307,3 +307,35 @@ def test_merge_methods_rebuilds_the_single_run_layout(tmp_path: Path, monkeypatc
         aggregate(sw2, write=False)
     plain = aggregate(sw2, write=False, merge=None)  # kept per variant; shapes differ, so no stacked `err`
     assert plain[f"{sw2.variants[0].id}/err"].shape == (2, 3, 6) and "err" not in plain
+
+
+def test_slurm_submission_is_one_array(toy_registered, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """With stand-in `srun`/`sbatch` on PATH: unfinished runs go out as one job array with the config's
+    #SBATCH options, finished runs are not resubmitted, and the run -> job id map is written."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/sbatch_script.sh\necho "Submitted batch job 4242"\n')
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    cfg = base_cfg(tmp_path, executor={"type": "slurm", "max_parallel": 2,
+                                       "slurm": {"partition": "gpu", "time": 90, "gpus_per_node": 1}})
+    sw = load_sweep(write(tmp_path, cfg))
+    done = sw.runs()[0]
+    run_experiment("toy", "full", seeds=[done.seed], overrides=done.variant.config_overrides, out=done.path,
+                   progress=False)
+    report = run_sweep(sw, log=lambda _: None)
+    assert report.skipped == [done.name] and report.submitted == ["4242_0", "4242_1", "4242_2"]
+    script = (tmp_path / "sbatch_script.sh").read_text()
+    for line in ("#SBATCH --array=0-2%2", "#SBATCH --partition=gpu", "#SBATCH --time=90",
+                 "#SBATCH --gpus-per-node=1", "#SBATCH --job-name=lopbook-toy_sweep"):
+        assert line in script
+    jobs = json.loads((sw.out / "slurm_jobs.json").read_text())
+    assert jobs == {r.name: f"4242_{i}" for i, r in enumerate(sw.runs()[1:])}
+    # what a compute node would unpickle and call: it writes the run's result
+    from submitit.core.utils import DelayedSubmission
+
+    job = DelayedSubmission.load(sw.out / "submitit" / "4242_1" / "4242_1_submitted.pkl")
+    assert job.result()["run"] == sw.runs()[2].name and sweep.run_state(sw, sw.runs()[2]) == "done"
+    assert isinstance(job.function, sweep.RunJob) and hasattr(job.function, "checkpoint")  # requeue on preemption
