@@ -232,3 +232,41 @@ def test_mixed_activation_batch_equals_separate_runs():
         for k, v in alone.results().items():
             if k not in ("labels", "bin_end"):
                 np.testing.assert_array_equal(res[k][i], v[0], err_msg=f"{spec.label} {k}")
+
+
+def test_batched_cbp_agrees_with_generic_engine():
+    """One run of the batched CBP and lopbook.algos.ContinualBackprop on the same net, data and weights:
+    the same replacement steps and the same units chosen (the engine's defaults: contribution utility,
+    bias correction, eligible-basis carried counts; init="kaiming_uniform" is upstream's SCR init)."""
+    algos = pytest.importorskip("lopbook.algos")
+    spec = MethodSpec("cbp", "cbp", "relu", lr=0.01, replacement_rate=0.125, maturity_threshold=100,
+                      decay_rate=0.99)
+    tr = BatchedSCRTrainer([spec], [0], bin_size=1, chunk=1, probe_size=4)
+    g = tr.groups[0]
+    net = torch.nn.Sequential(torch.nn.Linear(20, 5), torch.nn.ReLU(), torch.nn.Linear(5, 1)).double()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.from_numpy(g.W1[0]))
+        net[0].bias.zero_()
+        net[2].weight.copy_(torch.from_numpy(g.v[0][None]))
+        net[2].bias.zero_()
+    opt = torch.optim.SGD(net.parameters(), lr=spec.lr)
+    cbp = algos.ContinualBackprop(net, opt, replacement_rate=0.125, maturity_threshold=100, decay_rate=0.99,
+                                  utility="contribution", init="kaiming_uniform")
+    x, y = SCRStream(0).next_chunk(202)
+    engine_counts, engine_units = [], []
+    mine_units = []
+    for i in range(202):
+        loss = torch.nn.functional.mse_loss(net(torch.from_numpy(x[i:i + 1]))[0, 0], torch.tensor(y[i]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        cbp.step()
+        engine_counts.append(cbp.n_replaced[0])
+        if cbp.last_replaced[0] is not None:
+            engine_units += cbp.last_replaced[0].tolist()
+        before = g.age[0].copy()
+        tr.train(i + 1)
+        mine_units += [int(u) for u in np.flatnonzero(g.age[0] < before)]
+    np.testing.assert_array_equal(tr.results()["replacements"][0, 0], engine_counts)
+    assert engine_units[0] == mine_units[0]  # before any re-initialisation the nets are the same
+    assert sorted(engine_units) == sorted(mine_units) == [0, 1, 2, 3, 4]
