@@ -327,7 +327,41 @@ def scr_curves(result, metric: str, labels: Sequence[str] | None = None) -> dict
     return {lab: result[metric][all_labels.index(lab)] for lab in labels}
 
 
+# --- algorithms appendix ---
+
+def cbp_utility_figure(trace: Mapping[str, np.ndarray]) -> go.Figure:
+    """Utilities of one hidden layer's units over time with CBP's replacement events marked.
+
+    ``trace`` is :func:`lopbook.algos.cbp.utility_trace` output. A dropdown switches between the bias-corrected
+    utility CBP ranks by and the raw EMA (which starts near 0 for every young unit).
+    """
+    steps, util, raw, events = trace["steps"], trace["utility"], trace["raw_utility"], trace["events"]
+    n = util.shape[1]
+    fig = go.Figure()
+    for which, values in enumerate((util, raw)):
+        for u in range(n):
+            fig.add_trace(go.Scatter(x=steps, y=values[:, u], mode="lines", name=f"unit {u}", legendgroup=f"u{u}",
+                                     line={"width": 1.3},
+                                     visible=which == 0, showlegend=False,
+                                     hovertemplate=f"unit {u}<br>step %{{x}}<br>utility %{{y:.3g}}<extra></extra>"))
+        if len(events):
+            t, u = events[:, 0], events[:, 1]
+            before = values[np.maximum(t - 1, 0), u]  # the utility that made the unit the weakest one
+            fig.add_trace(go.Scatter(x=t, y=before, mode="markers", name="replacement",
+                                     marker={"symbol": "x", "size": 9, "color": "black"}, visible=which == 0,
+                                     hovertemplate="step %{x}: unit %{text} replaced<extra></extra>",
+                                     text=[str(int(v)) for v in u]))
+    per = n + (1 if len(events) else 0)
+    buttons = [{"label": label, "method": "update",
+                "args": [{"visible": [k // per == which for k in range(2 * per)]}]}
+               for which, label in enumerate(("bias-corrected utility û", "raw EMA utility"))]
+    fig.update_layout(title="CBP on a 6-12-1 net: unit utilities and replacements (x)", xaxis_title="step",
+                      yaxis_title="utility", template="plotly_white", height=420,
+                      updatemenus=[{"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.15}])
+    return fig
+
+
 __all__: Sequence[str] = ["show", "color", "mean_and_band", "band_traces", "curves_figure",
                           "metric_dropdown_figure", "bin_mean", "METHOD_COLORS",
                           "slippery_ant_returns_figure", "slippery_ant_metrics_figure", "friction_changes",
-                          "permuted_digits_figure", "task_slider_figure"]
+                          "permuted_digits_figure", "task_slider_figure", "cbp_utility_figure"]
