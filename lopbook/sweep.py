@@ -65,7 +65,7 @@ TOP_KEYS = ("name", "experiment", "preset", "overrides", "grid", "variants", "se
             "executor", "aggregate")
 EXECUTOR_TYPES = ("local", "slurm", "debug")
 EXECUTOR_KEYS = ("type", "max_parallel", "local", "slurm")
-LOCAL_KEYS = ("timeout_min", "threads")
+LOCAL_KEYS = ("timeout_min", "threads", "gpus")
 MANIFEST = "manifest.json"
 
 
@@ -345,6 +345,9 @@ def _parse_executor(raw: Any) -> ExecutorConfig:
     unknown = sorted(set(ex.local) - set(LOCAL_KEYS))
     if unknown:
         raise SweepConfigError(f"executor.local has unknown options {unknown}; valid options are {list(LOCAL_KEYS)}")
+    gpus = ex.local.get("gpus", [])
+    if not isinstance(gpus, list) or any(isinstance(g, bool) or not isinstance(g, int) or g < 0 for g in gpus):
+        raise SweepConfigError(f"executor.local.gpus must be a list of GPU ids such as [0, 1], got {gpus!r}")
     for key in ("timeout_min", "threads"):
         value = ex.local.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
@@ -580,6 +583,28 @@ def _local_threads(sweep: SweepConfig) -> int:
     return max(1, (os.cpu_count() or 1) // sweep.executor.max_parallel)
 
 
+def _local_gpus(sweep: SweepConfig) -> list[int]:
+    """GPU ids local jobs may use: ``executor.local.gpus``, else the ones this process sees."""
+    if "gpus" in sweep.executor.local:
+        return list(sweep.executor.local["gpus"])
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        try:
+            return [int(x) for x in env.split(",") if x.strip()]
+        except ValueError:  # GPU UUIDs: submitit wants integer ids; name them with executor.local.gpus
+            return []
+    import torch
+
+    return list(range(torch.cuda.device_count()))
+
+
+def _pick_gpu(gpus: list[int], busy: list[int | None]) -> int | None:
+    """The least-used GPU (ties: the first), so parallel local jobs spread over the GPUs."""
+    if not gpus:
+        return None
+    return min(gpus, key=lambda g: busy.count(g))
+
+
 def _make_executor(sweep: SweepConfig) -> Any:
     submitit = _submitit()
     folder = sweep.out / "submitit" / "%j"
@@ -664,20 +689,26 @@ def run_sweep(sweep: SweepConfig, *, log: Callable[[str], None] = print, poll_s:
         return report
 
     threads = _local_threads(sweep)
-    queue, active = list(todo), []
+    gpus = _local_gpus(sweep)
+    queue: list[RunSpec] = list(todo)
+    active: list[tuple[RunSpec, Any, int | None]] = []
     try:
         while queue or active:
             while queue and len(active) < sweep.executor.max_parallel:
                 r = queue.pop(0)
-                active.append((r, executor.submit(RunJob(_job_spec(sweep, r, threads)))))
-                log(f"  started {r.name} (job {active[-1][1].job_id})")
+                # submitit's LocalExecutor sets CUDA_VISIBLE_DEVICES for each job ("" without gpus_per_node)
+                gpu = _pick_gpu(gpus, [a[2] for a in active])
+                executor.update_parameters(gpus_per_node=0 if gpu is None else 1,
+                                           visible_gpus=() if gpu is None else (gpu,))
+                active.append((r, executor.submit(RunJob(_job_spec(sweep, r, threads))), gpu))
+                log(f"  started {r.name} (job {active[-1][1].job_id}" + (f", GPU {gpu})" if gpu is not None else ")"))
             time.sleep(poll_s)
             for item in [a for a in active if a[1].done()]:
                 active.remove(item)
-                r, job = item
+                r, job, _ = item
                 _record(report, r, job.exception(), job, log)
     except KeyboardInterrupt:
-        for _, job in active:
+        for _, job, _ in active:
             job.cancel(check=False)
         log("interrupted: cancelled running jobs; rerun the sweep to resume them from their checkpoints")
         raise

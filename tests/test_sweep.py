@@ -339,3 +339,17 @@ def test_slurm_submission_is_one_array(toy_registered, tmp_path: Path, monkeypat
     job = DelayedSubmission.load(sw.out / "submitit" / "4242_1" / "4242_1_submitted.pkl")
     assert job.result()["run"] == sw.runs()[2].name and sweep.run_state(sw, sw.runs()[2]) == "done"
     assert isinstance(job.function, sweep.RunJob) and hasattr(job.function, "checkpoint")  # requeue on preemption
+
+
+def test_local_jobs_spread_over_visible_gpus(toy_registered, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    sw = load_sweep(write(tmp_path, base_cfg(tmp_path, executor="local")))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert sweep._local_gpus(sw) == [3, 5]  # physical ids, as submitit sets CUDA_VISIBLE_DEVICES per job
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert sweep._local_gpus(sw) == []
+    assert sweep._pick_gpu([3, 5], []) == 3 and sweep._pick_gpu([3, 5], [3]) == 5
+    assert sweep._pick_gpu([3, 5], [3, 5, 3]) == 5 and sweep._pick_gpu([], [None]) is None
+    pinned = load_sweep(write(tmp_path, base_cfg(tmp_path, executor={"local": {"gpus": [1]}}), "p.yaml"))
+    assert sweep._local_gpus(pinned) == [1]
+    with pytest.raises(SweepConfigError, match="executor.local.gpus must be a list"):
+        load_sweep(write(tmp_path, base_cfg(tmp_path, executor={"local": {"gpus": 2}}), "q.yaml"))
