@@ -255,7 +255,7 @@ def scr_problem_figure(x: np.ndarray, y: np.ndarray, period: int, every: int = 5
     from plotly.subplots import make_subplots
 
     idx = np.arange(0, len(x), every)
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35], vertical_spacing=0.06,
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35], vertical_spacing=0.12,
                         subplot_titles=("input bits (rows 1-15 slow, 16-20 fresh per example)",
                                         f"target y (mean over each block of {every} examples)"))
     fig.add_trace(go.Heatmap(x=idx, y=np.arange(1, x.shape[1] + 1), z=x[idx].T, colorscale=[[0, "#f7f7f7"],
