@@ -193,14 +193,14 @@ def load_sweep(path: str | os.PathLike, *, executor: str | None = None, max_para
                out: str | os.PathLike | None = None, check_output: bool = True) -> SweepConfig:
     """Read and validate a sweep config file; the keyword arguments override the file (CLI flags)."""
     raw = read_config_file(path)
-    if executor is not None:
-        raw.setdefault("executor", {})
-        if not isinstance(raw["executor"], dict):
-            raw["executor"] = {"type": raw["executor"]}
-        raw["executor"]["type"] = executor
-    if max_parallel is not None:
-        raw.setdefault("executor", {})
-        raw["executor"]["max_parallel"] = max_parallel
+    if executor is not None or max_parallel is not None:
+        ex = raw.get("executor") or {}
+        ex = dict(ex) if isinstance(ex, dict) else {"type": ex}
+        if executor is not None:
+            ex["type"] = executor
+        if max_parallel is not None:
+            ex["max_parallel"] = max_parallel
+        raw["executor"] = ex
     if out is not None:
         raw["out"] = str(out)
     raw.setdefault("name", Path(path).stem)
