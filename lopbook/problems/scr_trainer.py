@@ -13,8 +13,10 @@ Methods (per run; all use plain SGD, step size ``lr``):
 - ``snp``: shrink-and-perturb = the same L2 term, then ``N(0, perturb_scale^2)`` noise added to every weight and
   bias after each step (upstream ``Backprop`` with ``perturb_scale``; no multiplicative shrink factor).
 - ``cbp``: continual backprop = BP plus generate-and-test after each step, on the hidden features of this
-  step's forward pass. Semantics (the same as :class:`lopbook.algos.ContinualBackprop` with
-  ``utility="contribution"``, ``accumulate`` counts on the eligible basis):
+  step's forward pass. Semantics: those of :class:`lopbook.algos.ContinualBackprop` with its defaults
+  (``utility="contribution"``, bias correction on, counts carried over on the eligible basis, no bias transfer)
+  and ``init="kaiming_uniform"`` (upstream's SCR init; the engine's own default ``"default"`` is torch's
+  ``U(+-1/sqrt(fan_in))``). ``tests/test_scr.py`` checks that both replace the same units at the same steps:
 
   1. ``age += 1``; utility ``u <- eta u + (1 - eta) |v_j| |h_j|`` (contribution: outgoing weight magnitude
      times activation magnitude), bias-corrected ``u_hat = u / (1 - eta^age)``;
