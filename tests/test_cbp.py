@@ -108,6 +108,16 @@ def test_discovery_on_library_nets_and_custom_activations() -> None:
     assert [g.name for g in ContinualBackprop(m, None).groups] == ["0"]
 
 
+def test_deepcopied_model_does_not_feed_the_original_hooks() -> None:
+    m = mlp(8)
+    cbp = ContinualBackprop(m, None)
+    twin = copy.deepcopy(m)  # carries the forward hooks along
+    twin(torch.randn(3, 4)).sum().backward()
+    assert all(f is None for f in cbp.hooks.latest)
+    m(torch.randn(3, 4)).sum().backward()
+    assert all(f is not None for f in cbp.hooks.latest)
+
+
 def test_step_without_forward_raises() -> None:
     m = mlp()
     cbp = ContinualBackprop(m, None)
@@ -442,7 +452,7 @@ def _run(seed: int) -> tuple:
     torch.manual_seed(seed)
     m = mlp(16, seed=seed)
     opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
-    cbp = ContinualBackprop(m, opt, replacement_rate=0.05, maturity_threshold=5, decay_rate=0.9)
+    cbp = ContinualBackprop(m, opt, replacement_rate=0.05, maturity_threshold=5, decay_rate=0.9, out_refresh=7)
     return m, opt, cbp
 
 

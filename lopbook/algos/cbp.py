@@ -232,6 +232,7 @@ class ContinualBackprop:
                         "decay_rate": self.decay_rate, "utility": self.utility, "init": self.init,
                         "bias_correction": self.bias_correction, "bias_transfer": self.bias_transfer,
                         "out_refresh": self.out_refresh},
+            "out_mag": [None if t is None else t.cpu().clone() for t in self._out_mag],
             "groups": [{"name": g.name, "age": s.age.cpu().clone(), "util": s.util.cpu().clone(),
                         "mean_act": s.mean_act.cpu().clone(), "counter": s.counter, "n_replaced": s.n_replaced}
                        for g, s in zip(self.groups, self.states, strict=True)],
@@ -243,7 +244,8 @@ class ContinualBackprop:
         if names != [g.name for g in self.groups]:
             raise ValueError(f"checkpoint has groups {names}, this model has {[g.name for g in self.groups]}")
         self.steps = int(state["steps"])
-        self._out_mag = [None] * len(self.groups)
+        self._out_mag = [None if t is None else t.to(g.in_layer.weight.device).clone()
+                         for t, g in zip(state.get("out_mag", [None] * len(self.groups)), self.groups, strict=True)]
         for g, s, d in zip(self.groups, self.states, state["groups"], strict=True):
             dev = g.in_layer.weight.device
             s.age, s.util, s.mean_act = (d[k].to(dev).clone() for k in ("age", "util", "mean_act"))

@@ -272,8 +272,11 @@ class FeatureHooks:
         self._handles = [g.act.register_forward_hook(self._make_hook(i)) for i, g in enumerate(self.groups)]
 
     def _make_hook(self, i: int) -> Callable:
+        act = self.groups[i].act
+
         def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-            if self.enabled and torch.is_grad_enabled():
+            # `module is act`: a deepcopy of the model carries this hook along; its forwards must not count
+            if self.enabled and torch.is_grad_enabled() and module is act:
                 self.latest[i] = self.reducer(i, output.detach())
         return hook
 
