@@ -280,6 +280,16 @@ def test_out_refresh_reuses_outgoing_magnitude() -> None:
     assert torch.equal(utils[0.0, 1], utils[0.0, 4])  # constant weights: caching changes nothing
     assert not torch.allclose(utils[0.1, 1], utils[0.1, 4], rtol=1e-6, atol=0)
     assert torch.allclose(utils[0.1, 1], utils[0.1, 4], rtol=0.2)  # but only slightly
+    # replacements keep the cache exact (lr 0: only CBP changes weights), without re-reading the matrices
+    m = convnet()
+    opt = torch.optim.SGD(m.parameters(), lr=0.0)
+    cbp = ContinualBackprop(m, opt, replacement_rate=0.3, maturity_threshold=0, decay_rate=0.9, out_refresh=1000)
+    for x, y in data(5, shape=(3, 14, 14), out=3):
+        train_step(m, opt, x, y)
+        cbp.step()
+    assert min(cbp.n_replaced) >= 5
+    for g, cached in zip(cbp.groups, cbp._out_mag, strict=True):
+        assert torch.allclose(cached, g.out_magnitude(), atol=1e-5)
 
 
 # -------------------------------------------------------------------------------- function invariance

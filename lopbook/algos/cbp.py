@@ -207,18 +207,21 @@ class ContinualBackprop:
             shift = None
             if self.bias_transfer:
                 shift = self._corrected(s.mean_act, s)[idx]
+            # groups whose outgoing layer is g.in_layer: keep their cached Σ|w_out| valid by swapping the
+            # contribution of the k redrawn rows (cheap) instead of re-reading the whole matrix
+            feeders = [j for j, other in enumerate(self.groups)
+                       if other.out_layer is g.in_layer and self._out_mag[j] is not None]
+            old_rows = {j: self.groups[j].out_magnitude(rows=idx) for j in feeders}
             reinit_units(g, idx, self.init, self.optimizer, bias_shift=shift)
+            for j in feeders:
+                self._out_mag[j].add_(self.groups[j].out_magnitude(rows=idx) - old_rows[j])
             s.util.index_fill_(0, idx, 0.0)
             s.mean_act.index_fill_(0, idx, 0.0)
             s.age.index_fill_(0, idx, 0.0)
             s.age_host[idx.cpu().numpy()] = 0  # the only host sync, on replacement steps
             s.n_replaced += k
             self.last_replaced[i] = idx
-            if out_mag is not None:  # cached magnitudes: the replaced columns are now 0 ...
-                out_mag.index_fill_(0, idx, 0.0)
-            for j, other in enumerate(self.groups):  # ... and the layer feeding g changed rows: recompute
-                if other.out_layer is g.in_layer:
-                    self._out_mag[j] = None
+            out_mag.index_fill_(0, idx, 0.0)  # the cached magnitudes: the replaced columns are now 0
             total += k
         self.hooks.clear()
         return total

@@ -97,9 +97,14 @@ class UnitGroup:
         k = self.cols_per_unit
         return (idx[:, None] * k + torch.arange(k, device=idx.device)).reshape(-1)
 
-    def out_magnitude(self) -> torch.Tensor:
-        """Sum of |outgoing weights| per unit (over output rows, kernel positions and flattened columns)."""
+    def out_magnitude(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Sum of |outgoing weights| per unit (over output rows, kernel positions and flattened columns).
+
+        ``rows``: only these output rows (e.g. the rows a replacement in the next layer is about to redraw).
+        """
         w = self.out_layer.weight.detach()
+        if rows is not None:
+            w = w.index_select(0, rows)
         # |w| then a sum: on CPU this is several times faster than linalg.vector_norm(ord=1) over dim 0
         if isinstance(self.out_layer, nn.Linear):
             s = w.abs().sum(0)
