@@ -270,3 +270,40 @@ def test_batched_cbp_agrees_with_generic_engine():
     np.testing.assert_array_equal(tr.results()["replacements"][0, 0], engine_counts)
     assert engine_units[0] == mine_units[0]  # before any re-initialisation the nets are the same
     assert sorted(engine_units) == sorted(mine_units) == [0, 1, 2, 3, 4]
+
+
+def test_split_state_continues_a_subset_of_seeds_exactly():
+    from lopbook.problems.scr_trainer import split_state
+
+    specs = [MethodSpec("bp_relu", "bp", "relu"), MethodSpec("cbp", "cbp", "relu", replacement_rate=1e-2),
+             MethodSpec("snp", "snp", "tanh", weight_decay=1e-3, perturb_scale=1e-3),
+             MethodSpec("linear", "bp", "linear")]
+    whole = BatchedSCRTrainer(specs, [0, 1, 2], bin_size=500, chunk=250, probe_size=8)
+    whole.train(1000)
+    sub = BatchedSCRTrainer(specs, [1, 2], bin_size=500, chunk=250, probe_size=8)
+    sub.load_state(split_state(whole.state(), [1, 2]))
+    whole.train(2000)
+    sub.train(2000)
+    for k, v in sub.results().items():
+        expect = whole.results()[k]
+        np.testing.assert_array_equal(v, expect if k in ("labels", "bin_end") else expect[:, 1:])
+
+
+def test_parallel_workers_give_the_same_result(tmp_path, monkeypatch):
+    from lopbook.checkpoint import Checkpoint
+    from lopbook.experiments.scr import SCRConfig, train, train_parallel
+
+    cfg = SCRConfig(n_examples=2000, bin_size=500, chunk=250, bp_activations=["relu"], probe_size=8)
+    seeds = [0, 1, 2]
+    one = train(cfg, seeds)
+    # resume from a one-process checkpoint taken half way, in two workers
+    half = SCRConfig(**{**cfg.__dict__, "n_examples": 1000})
+    ck = Checkpoint(tmp_path / "r.ckpt", key="k", every_s=0.0)
+    train(half, seeds, ck)
+    two = train_parallel(cfg, seeds, ck, progress=False, workers=2)
+    assert not list(tmp_path.glob("r.ckpt.w*"))
+    for k, v in one.items():  # einsum may sum in another order for another batch shape: 1e-16 differences
+        if k == "labels":
+            np.testing.assert_array_equal(v, two[k])
+        else:
+            np.testing.assert_allclose(v, two[k], rtol=1e-12, atol=1e-14, err_msg=k)

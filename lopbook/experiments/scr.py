@@ -15,6 +15,8 @@ Hyperparameters of the ``full`` preset (upstream ``cfg/sgd/bp/*``, SGD, step siz
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +25,7 @@ import numpy as np
 from lopbook.checkpoint import Checkpoint
 from lopbook.experiments import Experiment, Preset, RunOutput
 from lopbook.problems.scr import VARIANTS
-from lopbook.problems.scr_trainer import ACTIVATIONS, BatchedSCRTrainer, MethodSpec
+from lopbook.problems.scr_trainer import ACTIVATIONS, BatchedSCRTrainer, MethodSpec, split_state
 
 HIDDEN_ACTIVATIONS = [a for a in ACTIVATIONS if a != "linear"]
 
@@ -87,19 +89,24 @@ def method_specs(cfg: SCRConfig) -> list[MethodSpec]:
 
 
 def train(cfg: SCRConfig, seeds: list[int], checkpoint: Checkpoint | None = None,
-          progress: bool = False) -> dict[str, np.ndarray]:
-    """Train every configuration of ``cfg`` on every seed; returns the trainer's binned metrics."""
+          progress: bool = False, initial_state: dict[str, Any] | None = None,
+          position: int = 0) -> dict[str, np.ndarray]:
+    """Train every configuration of ``cfg`` on every seed; returns the trainer's binned metrics.
+
+    Resumes from ``checkpoint`` if it holds a state, else from ``initial_state`` if given.
+    """
     trainer = BatchedSCRTrainer(method_specs(cfg), seeds, variant=cfg.variant, period=cfg.period,
                                 bin_size=cfg.bin_size, chunk=cfg.chunk, probe_size=cfg.probe_size)
-    if checkpoint is not None:
-        state = checkpoint.load()
-        if state is not None:
-            trainer.load_state(state)
+    state = checkpoint.load() if checkpoint is not None else None
+    state = state if state is not None else initial_state
+    if state is not None:
+        trainer.load_state(state)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.n_examples, initial=trainer.t, unit="ex", desc=f"scr x{trainer.n_runs} runs")
+        bar = tqdm(total=cfg.n_examples, initial=trainer.t, unit="ex", position=position,
+                   desc=f"scr seeds {seeds[0]}-{seeds[-1]} x{trainer.n_runs} runs")
 
     def on_chunk(tr: BatchedSCRTrainer) -> None:
         if bar is not None:
@@ -116,9 +123,62 @@ def train(cfg: SCRConfig, seeds: list[int], checkpoint: Checkpoint | None = None
     return trainer.results()
 
 
+def n_workers(cfg: SCRConfig, seeds: list[int]) -> int:
+    """Worker processes for a run: env ``LOPBOOK_SCR_WORKERS`` if set, else one per CPU core for big runs.
+
+    Runs never interact, so splitting the seeds over processes gives exactly the same numbers.
+    """
+    env = os.environ.get("LOPBOOK_SCR_WORKERS")
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ValueError(f"LOPBOOK_SCR_WORKERS must be an integer, got {env!r}") from None
+    else:
+        big = cfg.n_examples * len(seeds) * len(method_specs(cfg)) >= 50_000_000
+        n = (os.cpu_count() or 1) if big else 1
+    return max(1, min(n, len(seeds)))
+
+
+def _worker(job: tuple) -> dict[str, np.ndarray]:
+    cfg, seeds, path, key, state, position, progress = job
+    ckpt = Checkpoint(path, key=key) if path is not None else None
+    return train(cfg, seeds, ckpt, progress, initial_state=state, position=position)
+
+
+def train_parallel(cfg: SCRConfig, seeds: list[int], checkpoint: Checkpoint | None, progress: bool,
+                   workers: int) -> dict[str, np.ndarray]:
+    """Split the seeds over ``workers`` processes (each checkpointing to ``<ckpt>.w<i>``) and merge.
+
+    A one-process checkpoint at ``checkpoint`` is split by seed, so a run can switch to workers and resume.
+    """
+    parts = [list(map(int, p)) for p in np.array_split(np.asarray(seeds), workers) if len(p)]
+    whole = checkpoint.load() if checkpoint is not None else None
+    jobs = []
+    for i, part in enumerate(parts):
+        path = None
+        if checkpoint is not None and checkpoint.path is not None:
+            path = checkpoint.path.with_name(checkpoint.path.name + f".w{i}")
+        state = split_state(whole, part) if whole is not None else None
+        jobs.append((cfg, part, path, {"parent": checkpoint.key if checkpoint else None, "seeds": part},
+                     state, i, progress))
+    with multiprocessing.get_context("fork").Pool(len(jobs)) as pool:
+        outs = pool.map(_worker, jobs)
+    merged = {k: (v if k in ("labels", "bin_end") else np.concatenate([o[k] for o in outs], axis=1))
+              for k, v in outs[0].items()}
+    for _, _, path, *_ in jobs:
+        if path is not None:
+            path.unlink(missing_ok=True)
+    return merged
+
+
 def run(cfg: SCRConfig, *, seeds: list[int], device: str, checkpoint: Checkpoint, progress: bool) -> RunOutput:
     """Registry entry point; the batched numpy trainer ignores ``device`` (it is CPU-only and fast there)."""
-    arrays = train(cfg, seeds, checkpoint, progress)
+    workers = n_workers(cfg, seeds)
+    if workers == 1:
+        arrays = train(cfg, seeds, checkpoint, progress)
+    else:
+        arrays = train_parallel(cfg, seeds, checkpoint, progress, workers)
     arrays["linear_level"] = np.nanmean(arrays["err"][list(arrays["labels"]).index("linear")], 0) \
         if "linear" in list(arrays["labels"]) else np.zeros(0)
     note = (f"synthetic: 20 input bits (15 slow, {cfg.variant} every {cfg.period} examples), target 20-100-1 "

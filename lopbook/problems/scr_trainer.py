@@ -514,3 +514,33 @@ class BatchedSCRTrainer:
             s.load_state(ss)
         for g, gs in zip(self.groups, st["groups"], strict=False):
             g.load_state(gs)
+
+
+def split_state(state: dict[str, Any], seeds: Sequence[int]) -> dict[str, Any]:
+    """The part of a :meth:`BatchedSCRTrainer.state` that belongs to ``seeds`` (a subset of its seeds).
+
+    Runs never interact, so a trainer for ``seeds`` loaded with this state continues exactly as those runs
+    would have in the whole batch (used to resume a one-process checkpoint in parallel workers).
+    """
+    all_seeds = [int(s) for s in state["seeds"]]
+    missing = sorted(set(int(s) for s in seeds) - set(all_seeds))
+    if missing:
+        raise ValueError(f"seeds {missing} are not in this state (it has {all_seeds})")
+    idx = [all_seeds.index(int(s)) for s in seeds]
+    S, n = len(all_seeds), len(idx)
+    remap = {k * S + s: k * n + j for j, s in enumerate(idx) for k in range(len(state["methods"]))}
+
+    def part(a: np.ndarray) -> np.ndarray:
+        K = a.shape[0] // S
+        return np.ascontiguousarray(a.reshape(K, S, *a.shape[1:])[:, idx].reshape(K * n, *a.shape[1:]))
+
+    groups = []
+    for g in state["groups"]:
+        new = {k: part(np.asarray(v)) for k, v in g.items() if k not in ("noise_rng", "cbp_rng")}
+        for k in ("noise_rng", "cbp_rng"):
+            new[k] = {remap[r]: st for r, st in g[k].items() if r in remap}
+        groups.append(new)
+    return {"t": state["t"], "n_bins_done": state["n_bins_done"],
+            "history": {k: [np.asarray(a)[:, idx] for a in v] for k, v in state["history"].items()},
+            "streams": [state["streams"][i] for i in idx], "groups": groups, "methods": state["methods"],
+            "seeds": [all_seeds[i] for i in idx]}
