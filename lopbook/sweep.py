@@ -770,8 +770,40 @@ def _stack_seeds(per_seed: list[np.ndarray], axis: int | None | str = "auto",
     return np.stack(per_seed, axis=axis), axis
 
 
+def _find_tables(results: list[Result], names: list[str]) -> dict[str, list[str]]:
+    """Row tables such as an episode log: 1-D arrays ``<p>_*`` as long as an integer ``<p>_seed`` column.
+
+    Experiments log variable-length records (episodes) as columns of equal length with index columns
+    ``<p>_seed`` (position in the run's seeds) and optionally ``<p>_method`` (position in its methods).
+    """
+    tables = {}
+    for col in names:
+        if not col.endswith("_seed") or not all(r.arrays[col].ndim == 1 and r.arrays[col].dtype.kind in "iu"
+                                                  for r in results):
+            continue
+        prefix = col[:-len("_seed")]
+        tables[prefix] = [n for n in names if n.startswith(prefix + "_") and all(
+            r.arrays[n].ndim >= 1 and len(r.arrays[n]) == len(r.arrays[col]) for r in results)]
+    return tables
+
+
+def _table_order(cols: dict[str, np.ndarray], prefix: str) -> np.ndarray:
+    """Stable row order by (method, seed): the order one multi-seed run writes its rows in."""
+    keys = [cols[f"{prefix}_seed"]] + ([cols[f"{prefix}_method"]] if f"{prefix}_method" in cols else [])
+    return np.lexsort(keys)
+
+
+def _concat_table(prefix: str, members: list[str], per_seed: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One variant's single-seed tables -> one table, ``<p>_seed`` renumbered to the seed's position."""
+    cols = {n: np.concatenate([a[n] for a in per_seed]) for n in members}
+    cols[f"{prefix}_seed"] = np.concatenate([a[f"{prefix}_seed"] + i for i, a in enumerate(per_seed)])
+    order = _table_order(cols, prefix)
+    return {n: c[order] for n, c in cols.items()}
+
+
 def _merge_methods(kept: list[Variant], variant_arrays: dict[str, tuple[dict[str, np.ndarray], int]],
-                   seed_axes: dict[str, int | None], meta: dict[str, Any]) -> dict[str, np.ndarray]:
+                   seed_axes: dict[str, int | str | None], table_of: dict[str, str],
+                   meta: dict[str, Any]) -> dict[str, np.ndarray]:
     """Concatenate per-method variants along the methods axis: the layout of one run of all methods."""
     parts = [variant_arrays[v.id][0] for v in kept]
     if len({n for _, n in variant_arrays.values()}) != 1:
@@ -785,7 +817,17 @@ def _merge_methods(kept: list[Variant], variant_arrays: dict[str, tuple[dict[str
     if dup:
         raise SweepConfigError(f"merge: methods would repeat methods {dup}; give each variant other methods")
     out: dict[str, np.ndarray] = {label: merged_labels}
-    for n in sorted(set.intersection(*(set(p) for p in parts)) - {label}):
+    offsets = np.cumsum([0] + counts[:-1])
+    common = set.intersection(*(set(p) for p in parts)) - {label}
+    for prefix in sorted({table_of[n] for n in common if n in table_of}):
+        members = [n for n in common if table_of.get(n) == prefix]
+        cols = {n: np.concatenate([p[n] for p in parts]) for n in members}
+        if f"{prefix}_method" in cols:
+            cols[f"{prefix}_method"] = np.concatenate([p[f"{prefix}_method"] + off
+                                                       for p, off in zip(parts, offsets, strict=True)])
+        order = _table_order(cols, prefix)
+        out.update({n: c[order] for n, c in cols.items()})
+    for n in sorted(common - set(out)):
         arrs = [p[n] for p in parts]
         if seed_axes.get(n) == 1 and all(a.ndim >= 2 and a.shape[0] == c for a, c in zip(arrs, counts, strict=True)):
             try:
@@ -847,7 +889,9 @@ def aggregate(sweep: SweepConfig, *, write: bool = True, target: str | os.PathLi
                                f"`python -m lopbook sweep run` first, or aggregate with --partial")
     arrays: dict[str, np.ndarray] = {}
     runs_meta, metas, variant_arrays, kept = [], [], {}, []
-    seed_axes: dict[str, int | None] = {}
+    seed_axes: dict[str, int | str | None] = {}
+    table_of: dict[str, str] = {}
+    ragged: set[str] = set()
     module = sys.modules.get(experiments._discover()[sweep.experiment])
     pinned = dict(getattr(module, "SWEEP_SEED_AXES", {}) or {})
     for v in sweep.variants:
@@ -858,9 +902,23 @@ def aggregate(sweep: SweepConfig, *, write: bool = True, target: str | os.PathLi
         names = sorted(set.intersection(*(set(res.arrays) for res in results)))
         stacked = {}
         n_methods = _method_count(results[0])
+        tables = _find_tables(results, names)
+        table_of.update({n: p for p, members in tables.items() for n in members})
+        for prefix, members in tables.items():
+            for n, arr in _concat_table(prefix, members, [res.arrays for res in results]).items():
+                stacked[n], seed_axes[n] = arr, "rows"
+                arrays[f"{v.id}/{n}"] = arr
         for n in names:
-            stacked[n], seed_axes[n] = _stack_seeds([res.arrays[n] for res in results], pinned.get(n, "auto"),
-                                                    n_methods)
+            if n in stacked:
+                continue
+            per_seed = [res.arrays[n] for res in results]
+            try:
+                stacked[n], seed_axes[n] = _stack_seeds(per_seed, pinned.get(n, "auto"), n_methods)
+            except ValueError:  # ragged across seeds and not part of a table: keep each seed's array
+                ragged.add(n)
+                for r, a in zip(runs, per_seed, strict=True):
+                    arrays[f"{v.id}/{n}/seed{r.seed}"] = a
+                continue
             arrays[f"{v.id}/{n}"] = stacked[n]
         arrays[f"{v.id}/seeds"] = np.array([r.seed for r in runs])
         variant_arrays[v.id] = (stacked, len(runs))
@@ -916,10 +974,11 @@ def aggregate(sweep: SweepConfig, *, write: bool = True, target: str | os.PathLi
     meta["versions"] = first["versions"]
     meta["sweep"] = {"name": sweep.name, "config_file": src, "partial": bool(missing),
                      "variants": [{"id": v.id, "label": v.label, "overrides": v.overrides} for v in kept],
-                     "seed_axis": seed_axes,
+                     "seed_axis": seed_axes, "tables": sorted(set(table_of.values())),
+                     "ragged": sorted(ragged),
                      "runs": runs_meta}
     if merge == "methods":
-        arrays = _merge_methods(kept, variant_arrays, seed_axes, meta)
+        arrays = _merge_methods(kept, variant_arrays, seed_axes, table_of, meta)
     result = Result(arrays=arrays, meta=meta)
     if write:
         save_result(result, Path(target) if target is not None else sweep.target)

@@ -31,8 +31,14 @@ def _methods_run(cfg: MethodsConfig, *, seeds, device, checkpoint, progress) -> 
     curve depends only on that method and seed."""
     err = np.stack([np.stack([np.random.default_rng([s, sum(map(ord, m))]).normal(size=cfg.steps) for s in seeds])
                     for m in cfg.methods])
+    # a variable-length episode log (like slippery_ant's): rows of (method, seed), with index columns
+    eps = [(mi, si, np.random.default_rng([s, 7, sum(map(ord, m))]).normal(size=2 + s + len(m))) for mi, m in enumerate(cfg.methods)
+           for si, s in enumerate(seeds)]
     return RunOutput(arrays={"methods": np.array(cfg.methods), "err": err, "step": np.arange(cfg.steps),
-                             "order": np.stack([np.random.default_rng(s).permutation(4) for s in seeds])},
+                             "order": np.stack([np.random.default_rng(s).permutation(4) for s in seeds]),
+                             "ep_return": np.concatenate([r for _, _, r in eps]),
+                             "ep_method": np.concatenate([np.full(len(r), mi) for mi, _, r in eps]),
+                             "ep_seed": np.concatenate([np.full(len(r), si) for _, si, r in eps])},
                      dataset={"name": "noise", "stand_in": True, "note": "test"})
 
 
@@ -298,6 +304,7 @@ def test_merge_methods_rebuilds_the_single_run_layout(tmp_path: Path, monkeypatc
     for name in single.arrays:
         np.testing.assert_array_equal(merged[name], single[name])
     assert merged.meta["sweep"]["merged"]["label_array"] == "methods" and len(merged.meta["sweep"]["runs"]) == 9
+    assert merged.meta["sweep"]["tables"] == ["ep"] and merged.meta["sweep"]["seed_axis"]["ep_return"] == "rows"
     # two variants running the same method cannot be merged
     clash = {**cfg, "out": str(tmp_path / "out2"),
              "variants": [{"name": "a", "set": {"methods": ["bp", "cbp"]}}, {"name": "b", "set": {"methods": ["bp"]}}]}
