@@ -867,7 +867,10 @@ def aggregate(sweep: SweepConfig, *, write: bool = True, target: str | os.PathLi
       with one shape; an array equal in every run (labels, step indices) is stored once, unstacked.
 
     ``meta["sweep"]["seed_axis"][name]`` is the seed axis of ``<variant-id>/<name>`` (``None``: the array
-    is the same for every seed and stored once); in the variant-stacked ``<name>`` it is one more.
+    is the same for every seed and stored once; ``"rows"``: a row table such as an episode log, whose
+    ``<p>_seed``/``<p>_method`` index columns are renumbered, see :func:`_find_tables`); in the
+    variant-stacked ``<name>`` it is one more. Other arrays whose length differs between seeds are kept
+    per seed as ``<variant-id>/<name>/seed<k>`` (listed in ``meta["sweep"]["ragged"]``).
 
     ``meta["sweep"]`` lists the variants (ids, labels, overrides) and every run (file, seed, commit,
     device, time). With ``partial=True`` unfinished runs are left out instead of being an error.
