@@ -11,10 +11,10 @@ Presets:
 
 - ``quick``: seconds — 2 increments of 2 digit classes, a width-4 ResNet-18 at 16x16, 2 epochs.
 - ``cpu``: the honest reduced-scale run the book caches. **A stand-in, loudly:** 10 MNIST digit classes (not
-  CIFAR-100), 2 new classes per increment (5 increments, not 20), ResNet-18 with stage widths 8/16/32/64 (1/8 of the
-  paper's) on 16x16 images, 10 epochs per increment (paper: 200), 100 training images per class (paper: 450), and
-  CBP with ρ = 1e-3 and m = 50 (paper: 1e-5 and 1000) because at ~1,200 steps per run the paper's maturity threshold
-  would never let a unit be replaced.
+  CIFAR-100), 2 new classes per increment (4 increments, so 8 classes, not 20 increments), ResNet-18 with stage
+  widths 8/16/32/64 (1/8 of the paper's) on 16x16 images, 6 epochs per increment (paper: 200), 80 training images
+  per class (paper: 450), and CBP with ρ = 1e-3 and m = 50 (paper: 1e-5 and 1000) because at ~400 steps per run
+  the paper's maturity threshold would never let a unit be replaced. Sized for a CPU shared by many jobs.
 - ``full``: the paper's scale on the real CIFAR-100 (20 increments of 5 classes, 200 epochs, batch 90, width 64);
   downloads CIFAR-100 when online, needs a GPU (≈ 1 M steps per run).
 """
@@ -146,13 +146,13 @@ EXPERIMENT = Experiment(
                          "batch_size": 20, "width": 4, "crop_padding": 2, "cbp_replacement_rate": 1e-2,
                          "cbp_maturity": 2, "analysis_size": 80}, seeds=1, paper_scale=False,
                         note="2 increments x 2 epochs, width-4 ResNet-18 on 16x16 MNIST digits; a smoke test"),
-        "cpu": Preset({"data": "mnist_standin", "image_size": 16, "train_per_class": 100, "val_per_class": 20,
-                       "test_per_class": 100, "classes_per_increment": 2, "num_increments": 5, "epochs": 10,
+        "cpu": Preset({"data": "mnist_standin", "image_size": 16, "train_per_class": 80, "val_per_class": 20,
+                       "test_per_class": 100, "classes_per_increment": 2, "num_increments": 4, "epochs": 6,
                        "batch_size": 25, "width": 8, "crop_padding": 2, "cbp_replacement_rate": 1e-3,
                        "cbp_maturity": 50, "analysis_size": 500}, seeds=2, paper_scale=False,
-                      note="STAND-IN: 10 MNIST digit classes, 5 increments of 2 classes (paper: 20 of 5), "
-                           "ResNet-18 at 1/8 width on 16x16 images, 10 epochs per increment (paper: 200), "
-                           "100 training images per class (paper: 450), CBP rho=1e-3 m=50 (paper: 1e-5, 1000)"),
+                      note="STAND-IN: 8 of the 10 MNIST digit classes, 4 increments of 2 classes (paper: 20 of 5), "
+                           "ResNet-18 at 1/8 width on 16x16 images, 6 epochs per increment (paper: 200), "
+                           "80 training images per class (paper: 450), CBP rho=1e-3 m=50 (paper: 1e-5, 1000)"),
         "full": Preset({}, seeds=5, paper_scale=True,
                        note="paper scale: CIFAR-100, 20 increments of 5 classes x 200 epochs, batch 90, "
                             "ResNet-18 width 64, 5 seeds (the repo does not state its number of runs)"),

@@ -1,0 +1,90 @@
+"""Class-incremental CIFAR: quick preset, active-class logits, clean eval-mode testing, early stopping, schedule."""
+
+import numpy as np
+import torch
+
+from lopbook.experiments import run_experiment
+from lopbook.problems.incremental_cifar import IncrementHooks, IncrementStream, build, load_splits, lr_at
+
+
+def _setup(method="bp", augment_kw=None, epochs=2):
+    data = load_splits("mnist_standin", image_size=16, train_per_class=12, val_per_class=6, test_per_class=6)
+    stream = IncrementStream(data, np.random.default_rng(0).permutation(10), 2, "cpu")
+    engine, hooks = build(method, seed=0, num_classes=10, width=2, device="cpu", batch_size=8, epochs=epochs,
+                          classes_per_increment=2, analysis_size=20, augment_kw=augment_kw)
+    return data, stream, engine, hooks
+
+
+def test_quick_preset_runs():
+    r = run_experiment("incremental_cifar", "quick", progress=False)
+    assert list(r["methods"]) == ["bp", "cbp", "snp", "head_reset", "retrain"]
+    assert r["test_acc"].shape == (5, 1, 2) and list(r["n_classes"]) == [2, 4]
+    assert np.isfinite(r["srank_frac"]).all() and ((r["dormant_frac"] >= 0) & (r["dormant_frac"] <= 1)).all()
+    assert r["epoch_val_acc"].shape == (5, 1, 2, 2)
+
+
+def test_logits_restricted_to_active_classes():
+    _, stream, engine, hooks = _setup()
+    for t in range(2):
+        task = stream(t)
+        assert int(task.y_train.max()) < 2 * (t + 1) and int(task.y_test.max()) < 2 * (t + 1)
+        engine.train_task(task, t, hooks)
+        assert hooks.wrapper.n_active == 2 * (t + 1)
+        out = engine.model(task.apply(task.x_test[:5]))
+        assert out.shape == (5, 2 * (t + 1))
+
+
+def test_test_and_analysis_inputs_are_clean_and_bn_in_eval_mode():
+    marker = 1000.0  # the "augmentation" adds a huge constant, so augmented inputs are easy to spot
+    _, stream, engine, hooks = _setup()
+    engine.augment = lambda x, g: x + marker
+    calls = []
+    hooks.wrapper.net.register_forward_pre_hook(lambda m, inp: calls.append((m.training, inp[0].abs().max().item())))
+    task = stream(0)
+    engine.train_task(task, 0, hooks)
+    train_calls = [c for c in calls if c[0]]
+    eval_calls = [c for c in calls if not c[0]]
+    assert train_calls and all(v > marker / 2 for _, v in train_calls)
+    assert eval_calls and all(v < marker / 2 for _, v in eval_calls)  # validation, test and analysis: clean
+
+
+def test_early_stopping_restores_best_validation_parameters():
+    _, stream, engine, hooks = _setup(epochs=3)
+    task = stream(0)
+    scripted = iter([0.5, 0.9, 0.3])  # validation accuracy per epoch: the 2nd epoch is the best
+    real = engine.evaluate
+
+    def evaluate(x, y, transform=None):
+        return (next(scripted), 0.0) if x is task.info["x_val"] else real(x, y, transform)
+
+    engine.evaluate = evaluate
+    snapshots = []
+
+    class Snap(IncrementHooks):
+        def on_epoch_end(self, engine, t, task, epoch):
+            super().on_epoch_end(engine, t, task, epoch)
+            snapshots.append({k: v.clone() for k, v in engine.model.state_dict().items()})
+
+    hooks.__class__ = Snap
+    log = engine.train_task(task, 0, hooks)
+    final = engine.model.state_dict()
+    assert list(log["epoch_val_acc"]) == [0.5, 0.9, 0.3] and log["best_val_acc"] == 0.9
+    assert all(torch.equal(final[k], snapshots[1][k]) for k in final)  # the best epoch's parameters and BN stats
+    assert not all(torch.equal(final[k], snapshots[2][k]) for k in final)  # not the last epoch's
+
+
+def test_lr_schedule_matches_upstream():
+    assert [lr_at(e, 200, 0.1) for e in (0, 59, 60, 119, 120, 159, 160, 199)] == \
+        [0.1, 0.1, 0.1 * 0.2, 0.1 * 0.2, 0.1 * 0.2 ** 2, 0.1 * 0.2 ** 2, 0.1 * 0.2 ** 3, 0.1 * 0.2 ** 3]
+
+
+def test_head_reset_and_retrain_reinitialise():
+    for method in ("head_reset", "retrain"):
+        _, stream, engine, hooks = _setup(method, epochs=1)
+        engine.train_task(stream(0), 0, hooks)
+        net = hooks.wrapper.net
+        before = {k: v.clone() for k, v in net.state_dict().items()}
+        hooks.on_task_start(engine, 1, stream(1))
+        after = net.state_dict()
+        assert not torch.equal(before["fc.weight"], after["fc.weight"])
+        assert torch.equal(before["conv1.weight"], after["conv1.weight"]) == (method == "head_reset")
