@@ -5,12 +5,12 @@ product of lists) and/or explicit variants, the seeds, an output folder and an e
 
     experiment: scr
     preset: full
-    overrides: {steps: 1000000}          # applied to every variant
+    overrides: {bp_activations: [relu]}  # applied to every variant
     grid:                                # cartesian product of these lists (no grid, no variants:
                                          # one variant, the preset itself, over the seeds)
       replacement_rate: [1.0e-5, 1.0e-4, 1.0e-3]
     variants:                            # optional; each one is combined with every grid point
-      - {name: cbp, set: {method: cbp}}
+      - {name: cbp, set: {methods: [cbp]}}
     seeds: 30                            # or an explicit list [0, 1, 5]
     out: runs/sweeps/scr_cbp_rates       # relative paths are relative to the working directory
     executor: {type: local, max_parallel: 2, slurm: {partition: gpu, time: 1440, gpus_per_node: 1}}
