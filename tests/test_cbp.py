@@ -264,6 +264,18 @@ def test_adaptable_contribution_prefers_constant_units() -> None:
     assert chosen["contribution"] != [2]
 
 
+def test_outgoing_magnitude_matches_reference() -> None:
+    torch.manual_seed(0)  # wide consumers take the chunked CPU path
+    m = nn.Sequential(nn.Conv2d(3, 10, 3), nn.ReLU(), nn.Conv2d(10, 150, 3), nn.ReLU(), nn.Flatten(),
+                      nn.Linear(150 * 4, 200), nn.ReLU(), nn.Linear(200, 3))
+    g0, g1, g2 = find_unit_groups(m)[0]
+    assert torch.allclose(g0.out_magnitude(), m[2].weight.abs().sum((0, 2, 3)))
+    assert torch.allclose(g1.out_magnitude(), m[5].weight.abs().sum(0).view(150, 4).sum(1))
+    assert torch.allclose(g2.out_magnitude(), m[7].weight.abs().sum(0))
+    rows = torch.tensor([3, 70, 149])
+    assert torch.allclose(g1.out_magnitude(rows), m[5].weight[rows].abs().sum(0).view(150, 4).sum(1))
+
+
 def test_out_refresh_reuses_outgoing_magnitude() -> None:
     with pytest.raises(ValueError, match="out_refresh"):
         ContinualBackprop(mlp(), None, out_refresh=0)

@@ -42,6 +42,8 @@ _FUNCTIONAL_ACTS = {F.relu, torch.relu, F.relu_, torch.tanh, F.tanh, torch.sigmo
                     F.leaky_relu, F.elu, F.selu, F.softplus, F.mish, F.hardtanh, F.relu6}
 _METHOD_ACTS = {"relu", "relu_", "tanh", "tanh_", "sigmoid", "sigmoid_"}
 
+_CHUNK = 64  # rows per chunk when summing |W_out| on the CPU
+
 INIT_NAMES = ("default", "kaiming_uniform", "kaiming_normal", "xavier", "lecun")
 
 
@@ -103,15 +105,22 @@ class UnitGroup:
         ``rows``: only these output rows (e.g. the rows a replacement in the next layer is about to redraw).
         """
         w = self.out_layer.weight.detach()
+        dims = [0, *range(2, w.dim())]  # output rows and kernel positions
         if rows is not None:
-            w = w.index_select(0, rows)
-        # |w| then a sum: on CPU this is several times faster than linalg.vector_norm(ord=1) over dim 0
-        if isinstance(self.out_layer, nn.Linear):
-            s = w.abs().sum(0)
-            if self.cols_per_unit > 1:
-                s = s.view(-1, self.cols_per_unit).sum(1)
-            return s
-        return w.abs().sum([0, *range(2, w.dim())])
+            s = w.index_select(0, rows).abs_().sum(dims)
+        elif w.device.type == "cpu" and w.shape[0] > _CHUNK:
+            # cache-sized chunks: one pass over memory instead of writing and re-reading a full |w| (this read
+            # is CBP's main cost on a memory-bound CPU step; linalg.vector_norm over dim 0 is far slower)
+            buf = torch.empty((_CHUNK, *w.shape[1:]), dtype=w.dtype)
+            s = torch.zeros(w.shape[1], dtype=w.dtype)
+            for i in range(0, w.shape[0], _CHUNK):
+                c = w[i:i + _CHUNK]
+                s += torch.abs(c, out=buf[:c.shape[0]]).sum(dims)
+        else:
+            s = w.abs().sum(dims)
+        if self.cols_per_unit > 1:
+            s = s.view(-1, self.cols_per_unit).sum(1)
+        return s
 
     def in_magnitude(self) -> torch.Tensor:
         """Mean |incoming weight| per unit."""
