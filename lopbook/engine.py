@@ -267,18 +267,20 @@ class Engine:
             return contextlib.nullcontext()  # entering a disabled autocast costs microseconds per step
         return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
 
-    def _passes(self, n: int) -> list[tuple[Tensor, list[int]]]:
-        """One task's schedule: per pass, a device permutation of the examples and the batch sizes (host)."""
+    def _passes(self, n: int) -> list[tuple[int, list[int]]]:
+        """One task's schedule: per pass over ``n`` examples, how many it takes and its batch sizes (host only).
+
+        The permutation of each pass is drawn on the device when the pass starts, so memory does not grow with
+        the number of epochs.
+        """
         cfg = self.config
         total = cfg.examples_per_task if cfg.examples_per_task is not None else cfg.epochs * n
-        passes: list[tuple[Tensor, list[int]]] = []
+        passes: list[tuple[int, list[int]]] = []
         done = 0
         while done < total:
             take = min(n, total - done)
-            perm = torch.randperm(n, generator=self.generator, device=self.device)[:take]
             stop = take - take % cfg.batch_size if cfg.drop_last else take
-            sizes = [min(cfg.batch_size, stop - i) for i in range(0, stop, cfg.batch_size)]
-            passes.append((perm, sizes))
+            passes.append((take, [min(cfg.batch_size, stop - i) for i in range(0, stop, cfg.batch_size)]))
             done += take
         return passes
 
@@ -343,7 +345,8 @@ class Engine:
         epoch_ends: list[int] = []
         epoch_test: list[tuple[float, float]] = []
         step = 0
-        for epoch, (perm, sizes) in enumerate(passes):
+        for epoch, (take, sizes) in enumerate(passes):
+            perm = torch.randperm(len(x), generator=self.generator, device=self.device)[:take]
             start = 0
             for bsz in sizes:
                 idx = perm[start:start + bsz]
