@@ -49,3 +49,21 @@ def test_same_seed_same_results():
     b = run_one("bp_0.01", PairStream(src, seed=3), 1, seed=3, device="cpu", batch_size=10, epochs=1, probe_size=10)
     assert all(np.array_equal(a[k], b[k], equal_nan=True) for k in a)
 
+
+
+def test_finished_runs_are_taken_from_the_checkpoint(tmp_path, monkeypatch):
+    from lopbook.checkpoint import Checkpoint
+    from lopbook.experiments import continual_imagenet as exp
+
+    cfg = exp.EXPERIMENT.make_config({"data": "mnist_standin", "num_tasks": 1, "epochs": 1, "batch_size": 10,
+                                      "train_per_class": 10, "test_per_class": 10, "methods": ["linear"]})
+    ckpt = Checkpoint(tmp_path / "c.ckpt", key="k")
+    first = exp.run(cfg, seeds=[0], device="cpu", checkpoint=ckpt, progress=False)
+
+    def boom(*a, **k):
+        raise AssertionError("a finished (method, seed) run was trained again")
+
+    monkeypatch.setattr(exp, "run_one", boom)
+    again = exp.run(cfg, seeds=[0], device="cpu", checkpoint=Checkpoint(tmp_path / "c.ckpt", key="k"),
+                    progress=False)
+    assert np.array_equal(first.arrays["test_acc"], again.arrays["test_acc"])
