@@ -128,7 +128,7 @@ EXPERIMENT = Experiment(
                        "methods": ["bp_0.01", "cbp", "l2", "snp", "linear"], "probe_size": 100}, seeds=2,
                       paper_scale=False,
                       note="16 tasks (paper: 5,000) x 8 epochs (paper: 250) of batch 20 (paper: 100) on 200 "
-                           "training images per task (paper: 1,200); ~1/10,000 of the paper's compute per run"),
+                           "training images per task (paper: 1,200); ~1/60,000 of the examples one paper run processes"),
         "full": Preset({}, seeds=30, paper_scale=True,
                        note="paper scale: 5,000 tasks x 250 epochs, batch 100, 600/100 images per class, 30 seeds"),
     },
