@@ -67,3 +67,13 @@ def test_finished_runs_are_taken_from_the_checkpoint(tmp_path, monkeypatch):
     again = exp.run(cfg, seeds=[0], device="cpu", checkpoint=Checkpoint(tmp_path / "c.ckpt", key="k"),
                     progress=False)
     assert np.array_equal(first.arrays["test_acc"], again.arrays["test_acc"])
+
+
+def test_full_preset_without_imagenet32_says_where_to_get_it(tmp_path, monkeypatch):
+    import pytest
+
+    from lopbook.data.imagenet32 import ImageNet32Missing
+
+    monkeypatch.setenv("LOPBOOK_DATA", str(tmp_path))
+    with pytest.raises(ImageNet32Missing, match="Imagenet32_train_npz"):
+        run_experiment("continual_imagenet", "full", seeds=1, device="cpu", progress=False)
