@@ -532,3 +532,11 @@ def test_cuda_matches_counts_and_invariance() -> None:
     batches = [(x.cuda(), y.cuda()) for x, y in data(6, shape=(3, 14, 14), out=3)]
     assert _check_invariance(m, cbp, opt, batches, torch.randn(4, 3, 14, 14, device="cuda")) >= 4
     assert all(s.util.is_cuda for s in cbp.states)
+    # built on the CPU, moved afterwards: the statistics follow the model
+    m2 = convnet()
+    cbp2 = ContinualBackprop(m2, None, replacement_rate=0.2, maturity_threshold=0, decay_rate=0.9, out_refresh=3)
+    m2.cuda()
+    for x, y in batches[:3]:
+        F.mse_loss(m2(x), y).backward()
+        cbp2.step()
+    assert all(s.util.is_cuda for s in cbp2.states) and sum(cbp2.n_replaced) > 0

@@ -171,6 +171,10 @@ class ContinualBackprop:
                                "(with grad enabled), backward and optimizer.step() of the model it was built on")
         self.steps += 1
         eta, total = self.decay_rate, 0
+        for i, (g, s) in enumerate(zip(self.groups, self.states, strict=True)):
+            if s.util.device != g.in_layer.weight.device:  # the model was moved after construction
+                s.to(g.in_layer.weight.device)
+                self._out_mag[i] = None
         # Deepest group first: if units of consecutive layers are replaced together, the shallower layer's
         # zeroed outgoing columns are written last, so they stay 0 in the deeper layer's fresh rows too.
         for i in reversed(range(len(self.groups))):
@@ -178,8 +182,6 @@ class ContinualBackprop:
             self.last_replaced[i] = None
             if f is None:  # this layer was not used in the forward pass
                 continue
-            if s.util.device != g.in_layer.weight.device:
-                s.to(g.in_layer.weight.device)
             s.age += 1
             s.age_host += 1
             if self._need_mean:
