@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import numpy as np
 import torch
 
 from lopbook.rl.ppo import PPO, config_for, random_steps_per_second
@@ -26,28 +27,29 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     print(f"{'env':<10} {'variant':<8} {'envs':>4} {'raw env sps':>12} {'PPO sps':>9} {'ratio':>6}  "
-          f"(update share)")
+          f"(update share); medians over iterations")
     for n in args.num_envs:
         agent = PPO(config_for(args.variant, env_id=args.env, num_envs=n, change_every=0), seed=0)
+        raw_env = PPO(config_for("bp", env_id=args.env, num_envs=n, change_every=0), seed=1).envs
         agent.train_iteration()  # warm-up (allocations, first-call overheads)
-        t_collect = t_update = 0.0
+        # Interleave: one PPO iteration, then as many random-action steps, repeated. The machine is shared,
+        # so both sides of each ratio see about the same load; report the median.
+        ratios, ppo_sps, raw_sps, share = [], [], [], []
         for _ in range(args.iters):
             t0 = time.perf_counter()
             batch = agent.collect()
             t1 = time.perf_counter()
             pg, vl = agent.update(batch)
             agent.log_metrics(pg, vl, 0.0)
-            t_update += time.perf_counter() - t1
-            t_collect += t1 - t0
-        ppo_sps = args.iters * agent.cfg.num_steps / (t_collect + t_update)
-        # raw env speed measured right after, on a fresh vector env of the same kind (same machine load)
+            t2 = time.perf_counter()
+            ppo_sps.append(agent.cfg.num_steps / (t2 - t0))
+            share.append((t2 - t1) / (t2 - t0))
+            raw_sps.append(random_steps_per_second(raw_env, agent.cfg.num_steps))
+            ratios.append(raw_sps[-1] / ppo_sps[-1])
         agent.close()
-        agent = PPO(config_for(args.variant, env_id=args.env, num_envs=n, change_every=0), seed=0)
-        raw = random_steps_per_second(agent.envs, args.iters * agent.cfg.num_steps)
-        agent.close()
-        print(f"{args.env:<10} {args.variant:<8} {n:>4} {raw:>12.0f} {ppo_sps:>9.0f} {raw / ppo_sps:>5.2f}x  "
-              f"({t_update / (t_collect + t_update):.0%})")
-
+        raw_env.close()
+        print(f"{args.env:<10} {args.variant:<8} {n:>4} {np.median(raw_sps):>12.0f} {np.median(ppo_sps):>9.0f} "
+              f"{np.median(ratios):>5.2f}x  ({np.median(share):.0%})")
 
 if __name__ == "__main__":
     main()

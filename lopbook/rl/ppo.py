@@ -188,8 +188,9 @@ class PPO:
         acts = np.zeros((T, n, *self.envs.single_action_space.shape), dtype=np.float32)
         logp, rew = np.zeros((T, n), np.float32), np.zeros((T, n))
         term, done = np.zeros((T, n)), np.zeros((T, n))
-        self.recorder.enabled = True
+        record_from = T - math.ceil(cfg.metrics_window / n)  # the metrics only look at the last window
         for t in range(T):
+            self.recorder.enabled = t >= record_from
             obs[t] = self.obs
             with torch.no_grad():
                 mean = self.actor(torch.as_tensor(self.obs, dtype=torch.float32, device=self.device))
