@@ -189,3 +189,14 @@ def test_vec_env_validates():
         make_env("Humanoid-v5")
     with pytest.raises(ValueError, match="multiple of num_envs"):
         config_for("bp", num_envs=3)
+
+
+@pytest.mark.parametrize("env_id", ["Hopper-v5", "Walker2d-v5"])
+def test_other_envs_train_with_changing_friction(env_id):
+    agent = PPO(config_for("redo", env_id=env_id, change_every=100, **TINY), seed=0)
+    agent.train_iteration()
+    gf = agent.envs.envs[0].unwrapped.model.geom_friction[:, 0]
+    assert np.all(gf == agent.friction[0].friction)
+    assert agent.episodes["return"] and all(0.02 <= f <= 2.0 for f in agent.episodes["friction"])
+    assert np.isfinite(agent.iters["pg_loss"][-1])
+    agent.close()
