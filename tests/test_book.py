@@ -104,7 +104,8 @@ def test_page_loads_and_figures_draw(page: str, server: str, browser):
         state = browser.execute_script(
             "const d=[...document.querySelectorAll('.plotly-graph-div')];"
             "return {ready: document.readyState, n: d.length,"
-            " drawn: d.filter(x => x.querySelector('.main-svg') && x.querySelector('.plot')).length,"
+            " drawn: d.filter(x => x._fullLayout && x.querySelector('.main-svg')"
+            "  && x.querySelectorAll('g.trace, g.hm, image').length > 0).length,"
             " plotly: typeof window.Plotly};")
         if state["ready"] == "complete" and state["drawn"] == state["n"]:
             break
