@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -67,7 +67,6 @@ class PPOConfig:
     friction_mode: str = "set"
     bootstrap_truncation: bool = True
     metrics_window: int = 1000     # acting steps behind the dormant-unit and stable-rank metrics
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.num_steps % self.num_envs:
