@@ -36,7 +36,10 @@ class Checkpoint:
         self.path = Path(path) if path is not None else None
         self.key = fingerprint(key)
         self.every_s = every_s
-        self._last = time.monotonic()
+        self._last = self._start = time.monotonic()
+        self.prior_elapsed_s = 0.0  # wall time spent by earlier, interrupted segments of this run
+        self.resumed = False
+        self.commits: list[str | None] = []  # code version of each segment of the run, oldest first
 
     @property
     def enabled(self) -> bool:
@@ -51,14 +54,22 @@ class Checkpoint:
             raise CheckpointMismatchError(
                 f"checkpoint {self.path} was written for a different config or seeds; "
                 f"delete it (or pass --fresh) to start over")
+        self.prior_elapsed_s = float(blob.get("elapsed_s", 0.0))
+        self.commits = list(blob.get("commits", [])) + self.commits[-1:]
+        self.resumed = True
         return blob["state"]
+
+    def elapsed_s(self) -> float:
+        """Wall time of the whole run so far, earlier interrupted segments included."""
+        return self.prior_elapsed_s + time.monotonic() - self._start
 
     def save(self, state: dict[str, Any], force: bool = False) -> bool:
         """Write ``state`` if ``every_s`` seconds passed since the last write (or ``force``)."""
         if self.path is None or (not force and time.monotonic() - self._last < self.every_s):
             return False
         buf = io.BytesIO()
-        torch.save({"key": self.key, "state": state}, buf)
+        torch.save({"key": self.key, "state": state, "elapsed_s": self.elapsed_s(),
+                    "commits": self.commits}, buf)
         atomic_write_bytes(self.path, buf.getvalue())
         self._last = time.monotonic()
         return True

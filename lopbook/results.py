@@ -96,7 +96,8 @@ class Result:
                 f"created {m.get('created')}.")
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
+    """HEAD of the repository lopbook runs from (``-dirty`` when tracked files changed), or None."""
     try:
         root = Path(__file__).resolve().parent.parent
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
@@ -122,7 +123,7 @@ def package_versions() -> dict[str, str]:
 
 def provenance(*, experiment: str, preset: str, mode: str, config: dict[str, Any], seeds: list[int],
                device: str, wall_time_s: float, dataset: dict[str, Any], scale: dict[str, Any],
-               command: str | None = None) -> dict[str, Any]:
+               command: str | None = None, commit: str | None = None) -> dict[str, Any]:
     """Build the ``meta`` dict of a result; every field of :data:`META_SCHEMA` is filled."""
     meta = {
         "schema_version": SCHEMA_VERSION,
@@ -135,7 +136,7 @@ def provenance(*, experiment: str, preset: str, mode: str, config: dict[str, Any
         "dataset": dict(dataset),
         "device": device,
         "versions": package_versions(),
-        "git_commit": _git_commit(),
+        "git_commit": commit if commit is not None else git_commit(),
         "wall_time_s": float(wall_time_s),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": command if command is not None else " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),

@@ -139,3 +139,28 @@ def test_module_entry_point_runs_as_a_program():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "unknown experiment 'no_such_experiment'" in proc.stderr
+
+
+def test_resumed_run_reports_total_wall_time_and_starting_commit(toy_registered, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch):
+    import lopbook.experiments as exps
+
+    out = tmp_path / "toy.npz"
+    monkeypatch.setenv("LOPBOOK_TOY_CRASH_AT", "25")
+    monkeypatch.setattr(exps, "git_commit", lambda: "commit-at-first-start")
+    with pytest.raises(RuntimeError):
+        run_experiment("toy", "full", out=out, progress=False)
+    monkeypatch.delenv("LOPBOOK_TOY_CRASH_AT")
+    # pretend the first segment ran for an hour
+    import torch
+
+    ckpt_path = Path(str(out) + ".ckpt")
+    blob = torch.load(ckpt_path, weights_only=False)
+    blob["elapsed_s"] = 3600.0
+    torch.save(blob, ckpt_path)
+    monkeypatch.setattr(exps, "git_commit", lambda: "commit-at-resume")
+    meta = run_experiment("toy", "full", out=out, progress=False).meta
+    assert meta["resumed_from_checkpoint"] is True
+    assert 3600.0 <= meta["wall_time_s"] < 3700.0
+    assert meta["git_commit"] == "commit-at-resume"  # the code of the segment that finished the run
+    assert meta["git_commits_of_segments"] == ["commit-at-first-start", "commit-at-resume"]

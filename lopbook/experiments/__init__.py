@@ -12,7 +12,6 @@ import ast
 import dataclasses
 import importlib
 import pkgutil
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 
 from lopbook.checkpoint import Checkpoint
 from lopbook.modes import Mode, check_mode, default_device, get_mode
-from lopbook.results import Result, load_cached, provenance, save_result
+from lopbook.results import Result, git_commit, load_cached, provenance, save_result
 
 
 class ConfigError(ValueError):
@@ -161,15 +160,18 @@ def run_experiment(name: str, preset: str = "quick", *, seeds: int | list[int] |
     ckpt = Checkpoint(checkpoint_path, key={"experiment": name, "config": cfg_dict, "seeds": seed_list})
     if fresh:
         ckpt.clear()
-    start = time.perf_counter()
+    ckpt.commits = [git_commit()]  # the code that trained, not whatever HEAD is when the file is saved
     output = exp.run(cfg, seeds=seed_list, device=device, checkpoint=ckpt, progress=progress)
     p = exp.presets[preset]
     scale_note = p.note + (" (with overrides " + ", ".join(f"{k}={v}" for k, v in overrides.items()) + ")"
                            if overrides else "")
     meta = provenance(experiment=name, preset=preset, mode=mode, config=cfg_dict, seeds=seed_list,
-                      device=device, wall_time_s=time.perf_counter() - start, dataset=output.dataset,
+                      device=device, wall_time_s=ckpt.elapsed_s(), dataset=output.dataset,
                       scale={"paper_scale": p.paper_scale and not overrides, "note": scale_note},
-                      command=command)
+                      command=command, commit=ckpt.commits[-1])
+    meta["resumed_from_checkpoint"] = ckpt.resumed
+    if len(set(ckpt.commits)) > 1:
+        meta["git_commits_of_segments"] = ckpt.commits
     result = Result(arrays={k: np.asarray(v) for k, v in output.arrays.items()}, meta=meta)
     if out is not None:
         save_result(result, out)
