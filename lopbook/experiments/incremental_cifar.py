@@ -63,6 +63,8 @@ class IncrementalCIFARConfig:
     cbp_replacement_rate: float = 1e-5
     cbp_maturity: int = 1000
     cbp_decay: float = 0.99
+    # new conv weights as the network's own init (kaiming-normal, fan_in), as in the authors' ResNet code
+    cbp_init: str = "kaiming_normal"
     methods: list[str] = field(default_factory=lambda: list(METHOD_NAMES))
     analysis_size: int = 1000
     threads: int | None = 1
@@ -96,7 +98,7 @@ def run(cfg: IncrementalCIFARConfig, *, seeds: list[int], device: str, checkpoin
         bar = tqdm(total=len(cfg.methods) * len(seeds) * cfg.num_increments, desc="incremental CIFAR",
                    unit="increment")
     cbp = {"replacement_rate": cfg.cbp_replacement_rate, "maturity_threshold": cfg.cbp_maturity,
-           "decay_rate": cfg.cbp_decay, "utility": "contribution"}
+           "decay_rate": cfg.cbp_decay, "utility": "contribution", "init": cfg.cbp_init}
     orders = np.stack([class_order(s, data.num_classes) for s in seeds])
     for si, seed in enumerate(seeds):
         stream = IncrementStream(data, orders[si], cfg.classes_per_increment, device, analysis_seed=seed)
