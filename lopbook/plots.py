@@ -19,6 +19,8 @@ METHOD_COLORS: dict[str, str] = {
     "l2init": "#17becf", "layernorm": "#8c564b", "head_reset": "#e377c2", "retrain": "#7f7f7f",
     "linear": "#000000",
 }
+# Dropdowns sit right-aligned just above the plot area, below the title (margin top >= 80 px).
+MENU_POSITION = {"x": 1.0, "xanchor": "right", "y": 1.01, "yanchor": "bottom"}
 _FALLBACK = ["#bcbd22", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94"]
 
 
@@ -101,8 +103,7 @@ def curves_figure(x: np.ndarray, curves: Mapping[str, np.ndarray], *, title: str
         buttons.append({"label": label, "method": "update", "args": [{"visible": vis}]})
     fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis, template="plotly_white",
                       hovermode="x unified", height=450, margin={"t": 80},
-                      updatemenus=[{"buttons": buttons, "direction": "down", "x": 1.0, "xanchor": "right",
-                                    "y": 1.15, "yanchor": "top"}])
+                      updatemenus=[{"buttons": buttons, "direction": "down", **MENU_POSITION}])
     return fig
 
 
@@ -125,8 +126,7 @@ def metric_dropdown_figure(x: np.ndarray, metrics: Mapping[str, Mapping[str, np.
                for metric, (a, b) in zip(names, spans, strict=True)]
     fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=names[0] if names else "",
                       template="plotly_white", height=450, margin={"t": 80},
-                      updatemenus=[{"buttons": buttons, "direction": "down", "x": 1.0, "xanchor": "right",
-                                    "y": 1.15, "yanchor": "top"}])
+                      updatemenus=[{"buttons": buttons, "direction": "down", **MENU_POSITION}])
     return fig
 
 
@@ -315,8 +315,7 @@ def scr_panels_figure(x: np.ndarray, panels: Mapping[str, Mapping[str, np.ndarra
                for pname, (a, b) in zip(names, spans, strict=True)]
     fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxes.get(names[0], "") if names else "",
                       template="plotly_white", height=480, margin={"t": 90}, hovermode="x unified",
-                      updatemenus=[{"buttons": buttons, "direction": "down", "x": 1.0, "xanchor": "right",
-                                    "y": 1.18, "yanchor": "top"}])
+                      updatemenus=[{"buttons": buttons, "direction": "down", **MENU_POSITION}])
     return fig
 
 
@@ -357,7 +356,7 @@ def cbp_utility_figure(trace: Mapping[str, np.ndarray]) -> go.Figure:
                for which, label in enumerate(("bias-corrected utility û", "raw EMA utility"))]
     fig.update_layout(title="CBP on a 6-12-1 net: unit utilities and replacements (x)", xaxis_title="step",
                       yaxis_title="utility", template="plotly_white", height=420,
-                      updatemenus=[{"buttons": buttons, "x": 1.0, "xanchor": "right", "y": 1.15}])
+                      updatemenus=[{"buttons": buttons, **MENU_POSITION}])
     return fig
 
 
