@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jupytext
 import nbclient
+import nbformat
 import pytest
 import yaml
 
@@ -29,6 +30,31 @@ def executable(path: Path) -> bool:
 
 PAGES = [p for p in book_pages() if executable(p)]
 
+# Appended to each page in quick mode: the live panels only train when a button is clicked, so click every
+# button once (with the panel's default settings) and fail on any traceback that a callback printed.
+CLICK_EVERY_BUTTON = """
+import ipywidgets as _w
+from ipywidgets.widgets.widget import _instances as _live
+
+_failures = []  # Output.__exit__ shows and swallows a callback's exception: record it instead
+_output_exit = _w.Output.__exit__
+
+
+def _recording_exit(self, etype, evalue, tb):
+    if etype is not None:
+        _failures.append(f"{etype.__name__}: {evalue}")
+    return _output_exit(self, etype, evalue, tb)
+
+
+_w.Output.__exit__ = _recording_exit
+_buttons = [x for x in list(_live.values()) if isinstance(x, _w.Button)]
+for _b in _buttons:
+    for _callback in _b._click_handlers.callbacks:  # called directly so an exception propagates
+        _callback(_b)
+assert not _failures, "a live panel failed: " + " | ".join(_failures)
+print(f"clicked {len(_buttons)} button(s)")
+"""
+
 
 def test_toc_pages_exist():
     missing = [str(p.relative_to(ROOT)) for p in book_pages() if not p.exists()]
@@ -41,6 +67,7 @@ def test_page_runs_in_quick_mode(page: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("LOPBOOK_MODE", "quick")
     monkeypatch.setenv("MUJOCO_GL", os.environ.get("MUJOCO_GL", "egl"))
     nb = jupytext.read(page)
+    nb.cells.append(nbformat.v4.new_code_cell(CLICK_EVERY_BUTTON))
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(page.parent)}})
     start = time.perf_counter()
