@@ -130,7 +130,7 @@ EXPERIMENT = Experiment(
                       note="16 tasks (paper: 5,000) x 8 epochs (paper: 250) of batch 20 (paper: 100) on 200 "
                            "training images per task (paper: 1,200); ~1/60,000 of the examples one paper run processes"),
         "full": Preset({}, seeds=30, paper_scale=True,
-                       note="paper scale: 5,000 tasks x 250 epochs, batch 100, 600/100 images per class, 30 seeds"),
+                       note="5,000 tasks x 250 epochs, batch 100, 600/100 images per class, 30 seeds"),
     },
 )
 

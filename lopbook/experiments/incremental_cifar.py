@@ -156,7 +156,7 @@ EXPERIMENT = Experiment(
                            "ResNet-18 at 1/8 width on 16x16 images, 6 epochs per increment (paper: 200), "
                            "80 training images per class (paper: 450), CBP rho=1e-3 m=50 (paper: 1e-5, 1000)"),
         "full": Preset({}, seeds=5, paper_scale=True,
-                       note="paper scale: CIFAR-100, 20 increments of 5 classes x 200 epochs, batch 90, "
+                       note="CIFAR-100, 20 increments of 5 classes x 200 epochs, batch 90, "
                             "ResNet-18 width 64, 5 seeds (the repo does not state its number of runs)"),
     },
 )

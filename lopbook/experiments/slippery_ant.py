@@ -175,7 +175,7 @@ EXPERIMENT = Experiment(
                            "the paper except CBP's maturity m = 1,000 updates (paper 10,000 = 128k steps, longer than "
                            "this whole run)"),
         "full": Preset({}, seeds=30, paper_scale=True,
-                       note="paper scale: 20M steps, friction change every 2M, std/ns/l2/cbp/redo"),
+                       note="20M steps, friction change every 2M, std/ns/l2/cbp/redo"),
         "ant": Preset({"fixed_friction": 1.0, "total_steps": 50_000_000, "bin_steps": 250_000}, seeds=20,
                       paper_scale=True, note="stationary Ant (Fig. 4a): 50M steps, friction 1"),
     },
