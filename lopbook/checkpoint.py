@@ -255,5 +255,24 @@ class Checkpoint:
             self.path.unlink(missing_ok=True)
 
 
+
+
+
+def checkpoint_problem(path: str | Path, key: Any) -> str | None:
+    """Why the checkpoint at ``path`` cannot resume a run with ``key`` (truncated, old format, another
+    config), or ``None`` when it can. Reads only the archive's directory and JSON header (cheap)."""
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            header = read_header(path, zf)
+    except CheckpointError as err:
+        return str(err)
+    except Exception as err:  # noqa: BLE001 - any read error means the file cannot resume a run
+        return f"checkpoint {path} is truncated or corrupt ({type(err).__name__}: {err})"
+    if header.get("key") != fingerprint(key):
+        return f"checkpoint {path} was written for a different config or seeds"
+    return None
+
+
 __all__ = ["Checkpoint", "CheckpointError", "CheckpointMismatchError", "CorruptCheckpointError", "fingerprint",
-           "encode_state", "FORMAT"]
+           "checkpoint_problem", "encode_state", "FORMAT"]
