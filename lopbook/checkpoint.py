@@ -74,6 +74,8 @@ class _Encoder:
         self._tensor_type = torch.Tensor if torch is not None else None
 
     def encode(self, obj: Any, where: str) -> Any:
+        if isinstance(obj, np.generic):  # before the builtins: np.float64 and np.str_ subclass float and str
+            return self._blob("scalar", np.asarray(obj), where)
         if obj is None or isinstance(obj, (bool, int, float, str)):
             return obj
         if isinstance(obj, dict):
@@ -89,8 +91,6 @@ class _Encoder:
             return {TAG: "tuple", "items": [self.encode(v, f"{where}[{i}]") for i, v in enumerate(obj)]}
         if isinstance(obj, (bytes, bytearray)):
             return self._blob("bytes", np.frombuffer(bytes(obj), dtype=np.uint8))
-        if isinstance(obj, np.generic):
-            return self._blob("scalar", np.asarray(obj), where)
         if isinstance(obj, np.ndarray):
             return self._blob("ndarray", obj, where)
         if self._tensor_type is not None and isinstance(obj, self._tensor_type):

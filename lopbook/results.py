@@ -262,7 +262,8 @@ def load_result(path: str | os.PathLike) -> Result:
     except ResultSchemaError:
         raise
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, UnicodeDecodeError, ValueError) as err:
-        raise ResultSchemaError(f"{path} is not a readable lopbook result ({type(err).__name__}: {err}); "
+        kind = "zlib error" if isinstance(err, zlib.error) else type(err).__name__
+        raise ResultSchemaError(f"{path} is not a readable lopbook result ({kind}: {err}); "
                                 f"it is truncated or damaged. Regenerate it with `python -m lopbook run ...`") from err
     check_meta(meta, source=str(path))
     return Result(arrays=arrays, meta=meta)

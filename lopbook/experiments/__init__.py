@@ -145,6 +145,9 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
+        if raw.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+            out[key.strip()] = float(raw)  # so that validation says "not a finite number", not "a str"
+            continue
         try:
             out[key.strip()] = ast.literal_eval(raw)
         except (ValueError, SyntaxError):
