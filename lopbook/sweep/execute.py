@@ -22,6 +22,7 @@ from lopbook.locking import OutputLock
 from lopbook.results import _json_default, atomic_write_bytes
 from lopbook.sweep.config import SWEEP_LOCK, RunSpec, SweepConfig, SweepConfigError, _submitit
 from lopbook.sweep.state import STATES, run_problem, run_state, running_holder, status, write_manifest
+from lopbook.validation import check_device
 
 
 def _ensure_registered(name: str, module: str) -> None:
@@ -177,6 +178,8 @@ def run_sweep(sweep: SweepConfig, *, log: Callable[[str], None] = print, poll_s:
     alone (``report.blocked``) unless ``discard_corrupt``, which deletes their bad file and starts them over.
     Raises :class:`~lopbook.errors.BusyError` when another ``sweep run`` of this sweep is going on.
     """
+    if sweep.device and sweep.executor.type != "slurm":  # a SLURM head node need not have the GPUs itself
+        check_device(sweep.device)
     with OutputLock(sweep.out / SWEEP_LOCK, what=f"sweep {sweep.name!r} in {sweep.out}",
                     fix="wait for that `sweep run` to finish, or stop it (kill <pid>) and rerun"):
         return _run_locked(sweep, log, poll_s, discard_corrupt)
