@@ -167,11 +167,12 @@ def seed_range(count: Any, start: Any = 0) -> list[int]:
     return list(range(start, start + count))
 
 
-def check_device(device: Any) -> str:
-    """``cpu``, ``cuda`` or ``cuda:<i>``; a CUDA device must exist (torch is imported only for CUDA)."""
+def check_device(device: Any, require_available: bool = True) -> str:
+    """``cpu``, ``cuda`` or ``cuda:<i>``; with ``require_available`` a CUDA device must exist here (torch is
+    imported only to check a CUDA device)."""
     if not isinstance(device, str) or not DEVICE_RE.fullmatch(device):
         raise ValidationError(f"device {device!r} is not supported; use cpu, cuda or cuda:<index>")
-    if device.startswith("cuda"):
+    if device.startswith("cuda") and require_available:
         import torch
 
         if not torch.cuda.is_available():

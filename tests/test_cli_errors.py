@@ -313,18 +313,38 @@ def test_debug_shows_the_traceback(toy_registered, tmp_path: Path, capsys):
         cli.main(["--debug", "info", str(tmp_path / "missing.npz")])
 
 
-def test_missing_dataset_is_one_line_from_the_real_program(tmp_path: Path):
+@pytest.mark.parametrize("experiment, message", [
+    ("continual_imagenet", "ImageNet32 not found under .*--set data_root=<folder>"),
+    ("permuted_mnist", r"MNIST files \['train-images-idx3-ubyte', 'train-labels-idx1-ubyte'\].* are not in .*mnist"),
+])
+def test_missing_dataset_is_one_line_from_the_real_program(tmp_path: Path, experiment: str, message: str):
     env = {**os.environ, "LOPBOOK_DATA": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "lopbook", "run", "continual_imagenet", "--preset", "full",
-                           "--seeds", "1", "--device", "cpu", "--no-progress"],
+    proc = subprocess.run([sys.executable, "-m", "lopbook", "run", experiment, "--preset", "full",
+                           "--seeds", "1", "--device", "cpu", "--no-progress", "--out", "r.npz"],
                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert proc.returncode == 2
-    line = one_error_line(proc.stderr)
-    assert "ImageNet32 not found under" in line and "--set data_root=<folder>" in line
+    assert re.search(message, one_error_line(proc.stderr)), proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "a failed run left files behind"
+
+
+@pytest.mark.parametrize("experiment, setting, message", [
+    ("scr", "chunk=True", r"chunk=True is a bool; expected a whole number \(int\)"),
+    ("scr", "lr=nan", "lr=nan is not a finite number"),
+    ("scr", "methods=cbp", r"methods='cbp' is a str; expected a list \(list\[str\]\)"),
+    ("permuted_mnist", "num_tasks=2.5", r"num_tasks=2.5 is a float; expected a whole number \(int\)"),
+    ("permuted_mnist", "hidden=[100, 'x']", r"hidden\[1\]='x' is a str; expected a whole number"),
+    ("slippery_ant", "fixed_friction=abc", r"fixed_friction='abc' is a str; expected a number \(float\)"),
+    ("incremental_cifar", "train_per_class=1e400", "train_per_class=inf is a float"),
+])
+def test_issue_examples_on_real_experiments(tmp_path: Path, capsys: pytest.CaptureFixture, experiment: str,
+                                            setting: str, message: str):
+    code, _, err = run_cli(["run", experiment, "--set", setting, "--out", str(tmp_path / "r.npz")], capsys)
+    assert code == 2 and re.search(message, one_error_line(err)), err
+    assert files_in(tmp_path) == {}
 
 
 def test_numpy_only_paths_do_not_import_torch(tmp_path: Path):
-    """The SCR trainer (numpy) and its checkpoints never pay for importing torch (~250 MiB, ~1 s)."""
+    """The SCR trainer (numpy), its checkpoints and its runs never pay for importing torch (~250 MiB, ~1 s)."""
     code = f"""
 import sys
 import numpy as np
@@ -335,6 +355,16 @@ ck = Checkpoint({str(tmp_path / 'c.ckpt')!r}, key=1)
 ck.save({{"w": np.arange(5000.0), "rng": np.random.default_rng(0).bit_generator.state}}, force=True)
 assert Checkpoint({str(tmp_path / 'c.ckpt')!r}, key=1).load()["w"][-1] == 4999.0
 assert 'torch' not in sys.modules, 'checkpoint'
+# a whole SCR run as a sweep worker runs it: checkpoint, result, provenance; --device is recorded truthfully
+from lopbook.sweep.execute import RunJob
+RunJob({{"experiment": "scr", "module": "lopbook.experiments.scr", "preset": "quick", "seed": 0,
+        "overrides": {{"n_examples": 4000, "bin_size": 2000}}, "device": None, "threads": 1,
+        "out": {str(tmp_path / 'scr.npz')!r}, "run": "r", "command": "test"}})()
+from lopbook.experiments import run_experiment
+res = run_experiment("scr", "quick", seeds=1, device="cuda", overrides={{"n_examples": 4000, "bin_size": 2000}},
+                     progress=False)
+assert res.meta["device"] == "cpu", res.meta["device"]
+assert 'torch' not in sys.modules, 'run'
 print("ok")
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

@@ -76,6 +76,7 @@ class Experiment:
     config_cls: type
     run: RunFn
     presets: dict[str, Preset] = field(default_factory=dict)
+    uses_torch: bool = True  # False: numpy only, always on the CPU; a run never imports torch
 
     def __post_init__(self) -> None:
         missing = {"quick", "full"} - set(self.presets)
@@ -235,7 +236,11 @@ def run_experiment(name: str, preset: str = "quick", *, seeds: int | list[int] |
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         seeds = list(range(seeds))
     seed_list = check_seed_list(seeds)
-    device = check_device(device or default_device(mode))
+    if exp.uses_torch:
+        device = check_device(device or default_device(mode))
+    else:  # --device is checked, but the run is on the CPU and provenance says so
+        check_device(device or "cpu", require_available=False)
+        device = "cpu"
     out_path = check_result_path(out) if out is not None else None
     if checkpoint_path is None and out_path is not None:
         checkpoint_path = Path(str(out_path) + ".ckpt")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,9 +54,11 @@ class RunJob(_Checkpointable):
         s = self.spec
         _ensure_registered(s["experiment"], s["module"])
         if s.get("threads"):
-            import torch
-
-            torch.set_num_threads(int(s["threads"]))
+            torch = sys.modules.get("torch")
+            if torch is not None:
+                torch.set_num_threads(int(s["threads"]))
+            else:  # torch reads it when (if) the experiment imports it; numpy-only runs never pay for torch
+                os.environ["OMP_NUM_THREADS"] = str(int(s["threads"]))
         start = time.perf_counter()
         experiments.run_experiment(s["experiment"], s["preset"], seeds=[s["seed"]], device=s["device"],
                                    out=s["out"], overrides=s["overrides"], progress=False, command=s["command"])
