@@ -19,6 +19,7 @@ import json
 import shlex
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from lopbook import experiments
 from lopbook.errors import LopbookError
@@ -66,9 +67,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that points at ``--help`` (exit status 2, as argparse)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m lopbook", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="python -m lopbook", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the traceback of expected failures too")
     sub = parser.add_subparsers(dest="command", required=True)
 

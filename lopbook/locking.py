@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -64,12 +65,16 @@ class OutputLock:
         if self._fd is not None:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + 0.5  # rides out a momentary probe by holder_of (a shared lock)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
                 holder = describe_holder(_read_holder(self.path))
                 raise BusyError(f"{self.what} is being written by {holder}; {self.fix}") from None
             except OSError:  # no flock on this file system: proceed unlocked (documented above)

@@ -388,3 +388,16 @@ def test_lock_file_is_removed_after_a_run(toy_registered, tmp_path: Path, capsys
     _good_result(tmp_path, capsys)
     assert sorted(files_in(tmp_path)) == ["good.npz"]
     assert np.isfinite(load_result(tmp_path / "good.npz")["loss"]).all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "toy", "--seeds", "abc"], "argument --seeds: invalid int value: 'abc'"),
+    (["run", "toy", "--mode", "cached"], "argument --mode: invalid choice: 'cached'"),
+    (["sweep", "run"], "the following arguments are required: config"),
+])
+def test_usage_errors_are_one_line(toy_registered, capsys: pytest.CaptureFixture, args, message):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(args)
+    assert exc.value.code == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert message in line and "--help" in line
