@@ -114,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; expected failures become one ``error:`` line and exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # --debug is a global flag, but people type it anywhere (`run scr --debug`): accept it there too
+    args = parser.parse_args(["--debug", *(a for a in argv if a != "--debug")] if "--debug" in argv else argv)
     args.argv = argv
     try:
         return args.func(args)

@@ -311,6 +311,8 @@ def test_debug_shows_the_traceback(toy_registered, tmp_path: Path, capsys):
 
     with pytest.raises(MissingResultError):
         cli.main(["--debug", "info", str(tmp_path / "missing.npz")])
+    with pytest.raises(MissingResultError):
+        cli.main(["info", str(tmp_path / "missing.npz"), "--debug"])
 
 
 @pytest.mark.parametrize("experiment, message", [

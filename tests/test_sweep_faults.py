@@ -131,3 +131,20 @@ def test_huge_seed_count_fails_fast_in_a_dry_run(toy_registered, tmp_path: Path,
     path.write_text(path.read_text().replace("seeds: 2", "seeds: 1000000000"))
     assert cli.main(["sweep", "run", str(path), "--dry-run"]) == 2
     assert "asks for 1000000000 seeds" in capsys.readouterr().err
+
+
+def test_slurm_jobs_still_queued_are_not_submitted_twice(toy_registered, tmp_path: Path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "sbatch").write_text('#!/bin/sh\necho "Submitted batch job 4242"\n')
+    (bin_dir / "squeue").write_text('#!/bin/sh\necho 4242_1\necho 999_0\n')  # -r: one line per array task
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    _, sw = make_sweep(tmp_path, executor={"type": "slurm", "slurm": {"partition": "gpu"}})
+    first = run_sweep(sw, log=quiet)
+    assert first.submitted == ["4242_0", "4242_1", "4242_2", "4242_3"] and not first.running
+    second = run_sweep(sw, log=quiet)  # all still pending on disk; only job 4242_1 is still in the queue
+    assert list(second.running) == [sw.runs()[1].name] and "SLURM job 4242_1" in second.running[sw.runs()[1].name]
+    assert len(second.submitted) == 3

@@ -9,9 +9,11 @@ not started a second time. Corrupt results and checkpoints are listed, and delet
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -221,6 +223,12 @@ def _run_locked(sweep: SweepConfig, log: Callable[[str], None], poll_s: float,
                                       f"and start this run over")
             log(f"  BLOCKED {r.name}: {report.blocked[r.name]}")
     todo_names = {r.name for s in ("pending", "partial") for r in st[s]} | set(report.discarded)
+    if sweep.executor.type == "slurm":  # jobs of an earlier submission that are still queued hold no lock yet
+        for name, job_id in _slurm_queued(sweep).items():
+            if name in todo_names:
+                todo_names.discard(name)
+                report.running[name] = f"SLURM job {job_id} (still queued or running)"
+                log(f"  {name} is still in the SLURM queue as job {job_id}; not submitting it twice")
     todo = [r for r in sweep.runs() if r.name in todo_names]
     log(f"sweep {sweep.name}: {len(report.skipped)} done (skipped), {len(st['partial'])} to resume, "
         f"{len(todo) - len(st['partial'])} to start; executor {sweep.executor.type}")
@@ -233,8 +241,8 @@ def _run_locked(sweep: SweepConfig, log: Callable[[str], None], poll_s: float,
         with executor.batch():
             jobs = [executor.submit(RunJob(_job_spec(sweep, r, threads))) for r in todo]
         report.submitted = [j.job_id for j in jobs]
-        atomic_write_bytes(sweep.out / "slurm_jobs.json", json.dumps(
-            {r.name: j.job_id for r, j in zip(todo, jobs, strict=True)}, indent=1).encode())
+        recorded = {**_slurm_jobs(sweep), **{r.name: j.job_id for r, j in zip(todo, jobs, strict=True)}}
+        atomic_write_bytes(sweep.out / SLURM_JOBS, json.dumps(recorded, indent=1).encode())
         log(f"submitted SLURM array {jobs[0].job_id.split('_')[0]} with {len(jobs)} runs "
             f"(at most {sweep.executor.max_parallel} at a time); check with `python -m lopbook sweep status`")
         return report
@@ -270,6 +278,34 @@ def _run_locked(sweep: SweepConfig, log: Callable[[str], None], poll_s: float,
         log("interrupted: cancelled running jobs; rerun the sweep to resume them from their checkpoints")
         raise
     return report
+
+
+SLURM_JOBS = "slurm_jobs.json"
+
+
+def _slurm_jobs(sweep: SweepConfig) -> dict[str, str]:
+    """Run name -> SLURM job id of every submission so far (``<out>/slurm_jobs.json``)."""
+    try:
+        jobs = json.loads((sweep.out / SLURM_JOBS).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in jobs.items()} if isinstance(jobs, dict) else {}
+
+
+def _slurm_queued(sweep: SweepConfig) -> dict[str, str]:
+    """The recorded runs whose SLURM job is still queued or running (``squeue``; empty without it)."""
+    jobs = _slurm_jobs(sweep)
+    if not jobs:
+        return {}
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-u", getpass.getuser()], capture_output=True,
+                             text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if out.returncode != 0:
+        return {}
+    live = set(out.stdout.split())
+    return {name: job_id for name, job_id in jobs.items() if job_id in live}
 
 
 def rerun_outlook(sweep: SweepConfig, run: RunSpec) -> str:
