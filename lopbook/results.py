@@ -247,6 +247,10 @@ def load_result(path: str | os.PathLike) -> Result:
     path = Path(path)
     if not path.exists():
         raise MissingResultError(f"no result file at {path}")
+    if path.is_dir():
+        raise ResultSchemaError(f"{path} is a folder; give the path of a result file (.npz)")
+    if not os.access(path, os.R_OK):
+        raise ResultError(f"cannot read {path}: permission denied; fix its permissions (chmod u+r)")
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()

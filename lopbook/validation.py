@@ -42,6 +42,12 @@ def _type_name(tp: Any) -> str:
     return str(tp).replace("typing.", "")
 
 
+def _kind(value: Any) -> str:
+    """``a str``, ``an int``: the type of ``value`` for a message."""
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
 def _is_union(tp: Any) -> bool:
     return typing.get_origin(tp) in (typing.Union, types.UnionType)
 
@@ -63,7 +69,7 @@ def _problem(value: Any, tp: Any, name: str) -> str | None:
         if all(problems):
             non_none = [p for t, p in zip(options, problems, strict=True) if t is not type(None)]
             return non_none[0] if len(non_none) == 1 else (
-                f"{name}={value!r} is a {type(value).__name__}; expected {_type_name(tp)}")
+                f"{name}={value!r} is {_kind(value)}; expected {_type_name(tp)}")
         return None
     origin = typing.get_origin(tp)
     if origin is typing.Literal:
@@ -71,7 +77,7 @@ def _problem(value: Any, tp: Any, name: str) -> str | None:
         return None if value in choices else f"{name}={value!r} is not one of {list(choices)}"
     if origin in (list, tuple, set, frozenset, Iterable) or tp in (list, tuple):
         if not isinstance(value, (list, tuple)):
-            return f"{name}={value!r} is a {type(value).__name__}; expected a list ({_type_name(tp)})"
+            return f"{name}={value!r} is {_kind(value)}; expected a list ({_type_name(tp)})"
         args = typing.get_args(tp)
         if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
             if len(value) != len(args):
@@ -82,7 +88,7 @@ def _problem(value: Any, tp: Any, name: str) -> str | None:
         return next((p for i, v in enumerate(value) if (p := _problem(v, item, f"{name}[{i}]"))), None)
     if origin in (dict, Mapping) or tp is dict:
         if not isinstance(value, dict):
-            return f"{name}={value!r} is a {type(value).__name__}; expected a mapping ({_type_name(tp)})"
+            return f"{name}={value!r} is {_kind(value)}; expected a mapping ({_type_name(tp)})"
         kt, vt = typing.get_args(tp) or (Any, Any)
         for k, v in value.items():
             p = _problem(k, kt, f"{name} key") or _problem(v, vt, f"{name}[{k!r}]")
@@ -92,19 +98,19 @@ def _problem(value: Any, tp: Any, name: str) -> str | None:
     if tp is type(None):
         return None if value is None else f"{name}={value!r} must be None"
     if tp is bool:
-        return None if isinstance(value, bool) else f"{name}={value!r} is a {type(value).__name__}; expected true/false"
+        return None if isinstance(value, bool) else f"{name}={value!r} is {_kind(value)}; expected true/false"
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            return f"{name}={value!r} is a {type(value).__name__}; expected a whole number (int)"
+            return f"{name}={value!r} is {_kind(value)}; expected a whole number (int)"
         return None
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            return f"{name}={value!r} is a {type(value).__name__}; expected a number (float)"
+            return f"{name}={value!r} is {_kind(value)}; expected a number (float)"
         return _non_finite(value, name)
     if tp is str:
-        return None if isinstance(value, str) else f"{name}={value!r} is a {type(value).__name__}; expected a string"
+        return None if isinstance(value, str) else f"{name}={value!r} is {_kind(value)}; expected a string"
     if isinstance(tp, type) and not isinstance(value, tp):
-        return f"{name}={value!r} is a {type(value).__name__}; expected {tp.__name__}"
+        return f"{name}={value!r} is {_kind(value)}; expected {tp.__name__}"
     return None
 
 
