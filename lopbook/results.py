@@ -22,6 +22,7 @@ import tempfile
 import time
 import zipfile
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -185,8 +186,9 @@ def _default_mode() -> int:
     return 0o666 & ~umask
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | Sequence[bytes]) -> None:
+    """Write ``data`` (bytes, or a sequence of chunks written in order) to ``path`` so that readers see
+    either the old file or the whole new one.
 
     The file gets the user's normal permissions (``mkstemp`` alone would leave it ``-rw-------``).
     """
@@ -196,7 +198,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         os.fchmod(fd, _default_mode())
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                fh.write(data)
+            else:
+                fh.writelines(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -230,7 +230,7 @@ def test_truncated_checkpoint_is_one_line(toy_registered, tmp_path: Path, capsys
     ckpt.write_bytes(ckpt.read_bytes()[:cut])
     code, _, err = run_cli(["run", "toy", "--preset", "full", "--out", str(out)], capsys)
     line = one_error_line(err)
-    assert code == 2 and "is truncated or corrupt" in line and "--fresh" in line
+    assert code == 2 and "is truncated" in line and "--fresh" in line
     assert not out.exists()
 
 
@@ -255,22 +255,38 @@ def test_crafted_pickle_checkpoint_runs_nothing(toy_registered, tmp_path: Path, 
     assert not marker.exists()
 
 
-def test_crafted_tensor_member_with_the_right_key_runs_nothing(tmp_path: Path):
+def test_crafted_tensor_blob_with_the_right_key_runs_nothing(tmp_path: Path):
+    import struct
+    import zlib
+
     import torch
 
-    from lopbook.checkpoint import FORMAT, Checkpoint, CorruptCheckpointError
+    from lopbook.checkpoint import FORMAT, MAGIC, Checkpoint, CorruptCheckpointError
 
     marker = tmp_path / "pwned"
     ck = Checkpoint(tmp_path / "c.ckpt", key={"a": 1})
     payload = io.BytesIO()
     torch.save([_Payload(marker)], payload)
-    with zipfile.ZipFile(ck.path, "w") as zf:
-        zf.writestr("checkpoint.json", json.dumps({"format": FORMAT, "key": ck.key, "state": {"$lopbook": "tensor",
-                                                                                            "index": 0}}))
-        zf.writestr("tensors.pt", payload.getvalue())
+    blob = payload.getvalue()
+    header = json.dumps({"format": FORMAT, "key": ck.key, "blob_bytes": len(blob),
+                         "blobs": [[0, len(blob), zlib.crc32(blob)]], "tensors": 0,
+                         "state": {"$lopbook": "tensor", "index": 0}}).encode()
+    ck.path.write_bytes(MAGIC + struct.pack("<Q", len(header)) + header + blob)
     with pytest.raises(CorruptCheckpointError, match="truncated or corrupt .*Weights only load failed"):
         ck.load()
     assert not marker.exists()
+
+
+def test_flipped_bit_in_a_checkpoint_is_caught(tmp_path: Path):
+    from lopbook.checkpoint import Checkpoint, CorruptCheckpointError
+
+    ck = Checkpoint(tmp_path / "c.ckpt", key=0)
+    ck.save({"w": np.arange(10_000.0)}, force=True)
+    data = bytearray(ck.path.read_bytes())
+    data[-100] ^= 0x01
+    ck.path.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match="fails its CRC-32 check"):
+        Checkpoint(ck.path, key=0).load()
 
 
 # ------------------------------------------------------------------------------------------ info
