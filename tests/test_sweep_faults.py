@@ -148,3 +148,21 @@ def test_slurm_jobs_still_queued_are_not_submitted_twice(toy_registered, tmp_pat
     second = run_sweep(sw, log=quiet)  # all still pending on disk; only job 4242_1 is still in the queue
     assert list(second.running) == [sw.runs()[1].name] and "SLURM job 4242_1" in second.running[sw.runs()[1].name]
     assert len(second.submitted) == 3
+
+
+def test_aggregate_never_replaces_a_run_result_without_force(toy_registered, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture):
+    from lopbook.experiments import run_experiment
+    from lopbook.results import load_result
+
+    path, sw = make_sweep(tmp_path)
+    assert run_sweep(sw, log=quiet).ok
+    run_experiment("toy", "quick", out=sw.target, progress=False)  # someone's `run` result at the target
+    before = sw.target.read_bytes()
+    assert cli.main(["sweep", "aggregate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds the result of" in err and "pass --force to replace it" in err
+    assert sw.target.read_bytes() == before
+    assert cli.main(["sweep", "aggregate", str(path), "--force"]) == 0
+    assert cli.main(["sweep", "aggregate", str(path)]) == 0  # its own earlier aggregate: replaced
+    assert load_result(sw.target).meta["sweep"]["name"] == "s"

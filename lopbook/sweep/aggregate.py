@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from lopbook import experiments
+from lopbook.errors import OutputError
 from lopbook.locking import OutputLock
-from lopbook.results import Result, _json_default, load_result, provenance, save_result
+from lopbook.results import Result, ResultError, _json_default, load_result, provenance, save_result
 from lopbook.sweep.config import SweepConfig, SweepConfigError, Variant
 from lopbook.sweep.state import run_state, status
 
@@ -138,7 +139,7 @@ def _method_count(result: Result) -> int | None:
 
 
 def aggregate(sweep: SweepConfig, *, write: bool = True, target: str | os.PathLike | None = None,
-              partial: bool = False, merge: str | None = "config") -> Result:
+              partial: bool = False, merge: str | None = "config", force: bool = False) -> Result:
     """Stack the sweep's per-seed results into one :class:`Result` and (by default) write it atomically.
 
     Arrays:
@@ -164,6 +165,9 @@ def aggregate(sweep: SweepConfig, *, write: bool = True, target: str | os.PathLi
     methods axis and everything else must agree, so the file has exactly the layout of
     ``python -m lopbook run <experiment> --preset <preset>`` and a chapter reading
     ``data/<experiment>/<preset>.npz`` reads it unchanged. The default takes the config's choice.
+
+    A target that holds anything but an earlier aggregate of this sweep (e.g. the result of a ``run``) is
+    not replaced unless ``force=True``.
     """
     if merge == "config":
         merge = sweep.merge
@@ -270,6 +274,25 @@ def aggregate(sweep: SweepConfig, *, write: bool = True, target: str | os.PathLi
     if write:
         path = Path(target) if target is not None else sweep.target
         with OutputLock(path, what=f"aggregate {path}"):
+            if not force:
+                _check_target(path, sweep.name)
             save_result(result, path)
     return result
+
+
+def _check_target(path: Path, name: str) -> None:
+    """Refuse to replace a file that is not an earlier aggregate of this sweep (e.g. a `run` result)."""
+    if not path.exists():
+        return
+    fix = "choose another `aggregate:` target or --target, or pass --force to replace it"
+    try:
+        meta = load_result(path).meta
+    except ResultError as err:
+        raise OutputError(f"aggregate target {path} exists but is not a readable lopbook result ({err}); {fix}") \
+            from err
+    owner = meta.get("sweep", {}).get("name") if isinstance(meta.get("sweep"), dict) else None
+    if owner != name:
+        what = f"an aggregate of sweep {owner!r}" if owner else f"the result of `{meta.get('command', 'a run')}`"
+        raise OutputError(f"aggregate target {path} holds {what}, created {meta.get('created', '?')}; "
+                          f"not overwriting it: {fix}")
 

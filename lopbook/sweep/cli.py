@@ -52,7 +52,7 @@ def _cmd_sweep_status(args: argparse.Namespace) -> int:
 def _cmd_sweep_aggregate(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.config, out=args.out, check_output=False)
     target = Path(args.target) if args.target else sweep.target
-    res = aggregate(sweep, target=target, partial=args.partial)
+    res = aggregate(sweep, target=target, partial=args.partial, force=args.force)
     n_var = len(res.meta["sweep"]["variants"])
     print(f"wrote {target}: {n_var} variants, {len(res.meta['sweep']['runs'])} runs, {len(res.arrays)} arrays")
     return 0
@@ -81,6 +81,8 @@ def add_sweep_parser(sub: Any) -> None:
     a.add_argument("--out", help="override the config's output folder")
     a.add_argument("--target", help="result file to write (default: the config's aggregate target)")
     a.add_argument("--partial", action="store_true", help="leave out unfinished runs instead of failing")
+    a.add_argument("--force", action="store_true",
+                   help="replace the target even if it is not an earlier aggregate of this sweep")
     a.set_defaults(func=_cmd_sweep_aggregate)
 
 
