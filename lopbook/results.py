@@ -21,12 +21,16 @@ import sys
 import tempfile
 import time
 import zipfile
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lopbook.errors import LopbookError
 
 SCHEMA_VERSION = 1
 META_MEMBER = "meta.json"
@@ -52,7 +56,7 @@ DATASET_KEYS = ("name", "stand_in", "note")
 SCALE_KEYS = ("paper_scale", "note")
 
 
-class ResultError(Exception):
+class ResultError(LopbookError):
     """Base class for results-store errors."""
 
 
@@ -70,6 +74,7 @@ class Result:
 
     arrays: dict[str, np.ndarray]
     meta: dict[str, Any] = field(default_factory=dict)
+    reused: bool = field(default=False, repr=False, compare=False)  # loaded from an existing file, not trained
 
     def __getitem__(self, name: str) -> np.ndarray:
         try:
@@ -174,20 +179,52 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot store {type(obj).__name__} in result metadata")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+def _default_mode() -> int:
+    """``0o666`` minus the umask: the permissions ``open()`` would give a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | Sequence[bytes]) -> None:
+    """Write ``data`` (bytes, or a sequence of chunks written in order) to ``path`` so that readers see
+    either the old file or the whole new one.
+
+    The file gets the user's normal permissions (``mkstemp`` alone would leave it ``-rw-------``).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _default_mode())
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            if isinstance(data, (bytes, bytearray, memoryview)):
+                fh.write(data)
+            else:
+                fh.writelines(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Temporary files that interrupted :func:`atomic_write_bytes` calls for ``path`` left behind (``kill -9``).
+
+    Only call this while holding the output's lock (:class:`lopbook.locking.OutputLock`): then no other
+    process is writing them.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    return sorted(path.parent.glob(f".{glob_escape(path.name)}.*.tmp"))
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob metacharacters escaped."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def save_result(result: Result, path: str | os.PathLike) -> Path:
@@ -215,16 +252,28 @@ def load_result(path: str | os.PathLike) -> Result:
     path = Path(path)
     if not path.exists():
         raise MissingResultError(f"no result file at {path}")
+    if path.is_dir():
+        raise ResultSchemaError(f"{path} is a folder; give the path of a result file (.npz)")
+    if not os.access(path, os.R_OK):
+        raise ResultError(f"cannot read {path}: permission denied; fix its permissions (chmod u+r)")
     try:
         with zipfile.ZipFile(path) as zf:
             names = zf.namelist()
             if META_MEMBER not in names:
                 raise ResultSchemaError(f"{path} has no {META_MEMBER}; it was not written by lopbook.results")
             meta = json.loads(zf.read(META_MEMBER))
+            if not isinstance(meta, dict):
+                raise ResultSchemaError(f"{path}: {META_MEMBER} holds a {type(meta).__name__}, not a mapping; "
+                                        f"it was not written by lopbook.results. Regenerate it with "
+                                        f"`python -m lopbook run ...`")
             arrays = {n[:-4]: np.lib.format.read_array(io.BytesIO(zf.read(n)), allow_pickle=False)
                       for n in names if n.endswith(".npy")}
-    except (zipfile.BadZipFile, json.JSONDecodeError, ValueError) as err:
-        raise ResultSchemaError(f"{path} is not a readable lopbook result ({err})") from err
+    except ResultSchemaError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, UnicodeDecodeError, ValueError) as err:
+        kind = "zlib error" if isinstance(err, zlib.error) else type(err).__name__
+        raise ResultSchemaError(f"{path} is not a readable lopbook result ({kind}: {err}); "
+                                f"it is truncated or damaged. Regenerate it with `python -m lopbook run ...`") from err
     check_meta(meta, source=str(path))
     return Result(arrays=arrays, meta=meta)
 

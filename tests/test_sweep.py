@@ -184,10 +184,15 @@ def test_partial_aggregate_and_stale_results(toy_registered, tmp_path: Path):
     ({"variants": []}, "variants must be a non-empty list"),
     ({"grid": {"lr": 0.1}}, "grid key 'lr' must be a list"),
     ({"grid": {"steps": [10, 0]}, "overrides": {}}, r"variant 'steps=0' \(#1\).*steps must be positive"),
-    ({"grid": {"lr": ["fast"]}}, "lr='fast' is a str, but experiment 'toy' expects float"),
+    ({"grid": {"lr": ["fast"]}}, r"lr='fast' is a str; expected a number \(float\)"),
+    ({"grid": {"lr": [float("inf")]}}, "lr=inf is not a finite number"),
+    ({"grid": {"steps": [True]}, "overrides": {}}, r"steps=True is a bool; expected a whole number \(int\)"),
+    ({"grid": {"steps": [2.5]}, "overrides": {}}, r"steps=2.5 is a float; expected a whole number \(int\)"),
+    ({"seeds": 1_000_000_000}, "asks for 1000000000 seeds"),
+    ({"device": "tpu"}, "device 'tpu' must be cpu, cuda or cuda:<index>"),
     ({"seeds": 0}, "seeds: 0 runs nothing"),
     ({"seeds": [1, 1]}, r"seeds \[1\] appear more than once"),
-    ({"seeds": [-1]}, "not non-negative integers"),
+    ({"seeds": [-1]}, r"seeds \[-1\] are not integers in 0\.\.2147483647"),
     ({"preset": "huge"}, "no preset 'huge'"),
     ({"executor": {"type": "local", "workers": 4}}, r"executor has unknown options \['workers'\]"),
     ({"executor": {"type": "kubernetes"}}, "unknown executor type 'kubernetes'"),
@@ -212,7 +217,7 @@ def test_seeds_only_sweep_has_one_base_variant(toy_registered, tmp_path: Path):
 def test_output_folder_must_be_writable(toy_registered, tmp_path: Path):
     (tmp_path / "afile").write_text("x")
     path = write(tmp_path, base_cfg(tmp_path, out=str(tmp_path / "afile" / "out")))
-    with pytest.raises(SweepConfigError, match="output folder .*afile/out is not writable .*afile is not a folder"):
+    with pytest.raises(SweepConfigError, match="output folder .*afile/out cannot be created: .*afile is a file, not a folder"):
         load_sweep(path)
 
 
@@ -230,7 +235,7 @@ def test_cli_dry_run_run_status_aggregate(toy_registered, tmp_path: Path, capsys
         "type": "local", "max_parallel": 3, "slurm": {"partition": "gpu", "time": 600, "gpus_per_node": 1}}))
     assert cli.main(["sweep", "run", str(path), "--executor", "slurm", "--max-parallel", "2", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "2 variants × 2 seeds = 4 runs" in out and "0 done, 0 partial, 4 pending" in out
+    assert "2 variants × 2 seeds = 4 runs" in out and "0 done, 0 running, 0 partial, 4 pending" in out
     assert "#SBATCH --partition=gpu" in out and "#SBATCH --array=0-3%2" in out and "#SBATCH --time=600" in out
     assert not (tmp_path / "out").exists(), "a dry run writes nothing"
 
@@ -238,7 +243,7 @@ def test_cli_dry_run_run_status_aggregate(toy_registered, tmp_path: Path, capsys
     out = capsys.readouterr().out
     assert "4 runs finished now" in out and f"aggregated 4 runs into {tmp_path / 'agg.npz'}" in out
     assert cli.main(["sweep", "status", str(path)]) == 0
-    assert "4 done, 0 partial, 0 pending" in capsys.readouterr().out
+    assert "4 done, 0 running, 0 partial, 0 pending" in capsys.readouterr().out
     assert cli.main(["sweep", "aggregate", str(path), "--target", str(tmp_path / "b.npz")]) == 0
     assert load_result(tmp_path / "b.npz")["loss"].shape == (2, 2, 30)
 

@@ -27,9 +27,13 @@ same pair with the same labels recurs every 500 tasks. ``pairing="tiled"`` repro
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
+
+from lopbook.errors import DatasetError, DatasetMissingError
 
 NUM_CLASSES = 1000
 PER_CLASS = 700
@@ -38,7 +42,7 @@ TEST_PER_CLASS = 100
 PAIRINGS = ("fresh", "tiled")
 
 
-class ImageNet32Missing(FileNotFoundError):
+class ImageNet32Missing(DatasetMissingError):
     """Neither the official ImageNet32 batches nor the per-class files were found."""
 
 
@@ -61,15 +65,22 @@ def convert_batches(root: str | Path, out: str | Path | None = None, per_class: 
     buf = [np.empty((per_class, 3, 32, 32), dtype=np.uint8) for _ in range(num_classes)]
     fill = np.zeros(num_classes, dtype=np.int64)
     for f in files:
-        with np.load(f) as z:
-            if "data" not in z or "labels" not in z:
-                raise ValueError(f"{f} lacks the 'data'/'labels' keys of the official ImageNet32 batches")
-            data, labels = z["data"], np.asarray(z["labels"], dtype=np.int64) - 1  # official labels are 1-based
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                if "data" not in z or "labels" not in z:
+                    raise DatasetError(f"{f} lacks the 'data'/'labels' keys of the official ImageNet32 batches; "
+                                       f"download 'Imagenet32_train_npz' again")
+                data, labels = z["data"], np.asarray(z["labels"], dtype=np.int64) - 1  # official labels: 1-based
+        except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, OSError) as err:
+            if isinstance(err, DatasetError):
+                raise
+            raise DatasetError(f"{f} is not a readable ImageNet32 batch ({type(err).__name__}: {err}); delete it "
+                               f"and download 'Imagenet32_train_npz' again") from err
         if data.ndim != 2 or data.shape[1] != 3072:
-            raise ValueError(f"{f}: 'data' must be (N, 3072) uint8 rows, got shape {data.shape}")
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise ValueError(f"{f}: labels must be 1..{num_classes} (1-based), got range "
-                             f"{labels.min() + 1}..{labels.max() + 1}")
+            raise DatasetError(f"{f}: 'data' must be (N, 3072) uint8 rows, got shape {data.shape}")
+        if labels.size == 0 or labels.min() < 0 or labels.max() >= num_classes:
+            raise DatasetError(f"{f}: labels must be 1..{num_classes} (1-based), got range "
+                               f"{labels.min() + 1 if labels.size else '-'}..{labels.max() + 1 if labels.size else '-'}")
         imgs = data.reshape(-1, 3, 32, 32)
         for c in np.unique(labels):
             take = np.flatnonzero(labels == c)[: per_class - fill[c]]
@@ -79,7 +90,8 @@ def convert_batches(root: str | Path, out: str | Path | None = None, per_class: 
             break
     short = np.flatnonzero(fill < per_class)
     if len(short):
-        raise ValueError(f"classes {short[:10].tolist()} have fewer than {per_class} images in {files[0].parent}")
+        raise DatasetError(f"classes {short[:10].tolist()} have fewer than {per_class} images in {files[0].parent}; "
+                           f"are all ten training batches there?")
     out.mkdir(parents=True, exist_ok=True)
     for c in range(num_classes):
         tmp = out / f".{c}.tmp.npy"
@@ -120,9 +132,13 @@ class ImageNet32Classes:
             path = self.folder / f"{c}.npy"
             if not path.exists():
                 raise ImageNet32Missing(f"{path} is missing. " + _missing_message(self.root))
-            a = np.load(path)
-            if a.shape[1:] != (3, 32, 32) or a.shape[0] < self.n_train + self.n_test:
-                raise ValueError(f"{path} has shape {a.shape}; expected ({self.n_train + self.n_test}, 3, 32, 32)")
+            try:
+                a = np.load(path, allow_pickle=False)
+            except (ValueError, EOFError, OSError) as err:
+                raise DatasetError(f"{path} is not a readable .npy file ({err}); delete {self.folder} to rebuild "
+                                   f"it from the official batches, or copy the file again") from err
+            if a.ndim != 4 or a.shape[1:] != (3, 32, 32) or a.shape[0] < self.n_train + self.n_test:
+                raise DatasetError(f"{path} has shape {a.shape}; expected ({self.n_train + self.n_test}, 3, 32, 32)")
             a = a.astype(np.float32) / 255.0 if a.dtype == np.uint8 else a.astype(np.float32)
             self._cache[c] = (a[: self.n_train], a[self.n_train: self.n_train + self.n_test])
             if len(self._cache) > 64:  # bounded memory on long runs

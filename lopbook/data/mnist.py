@@ -15,11 +15,14 @@ import gzip
 import os
 import struct
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from lopbook.errors import DatasetError, DatasetMissingError
 
 __all__ = ["MNIST_FILES", "MNIST_MIRRORS", "MNISTNotFoundError", "MNIST", "read_idx", "write_idx",
            "mnist_dir", "load_mnist", "download_mnist"]
@@ -40,7 +43,7 @@ _IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(np.int
               np.dtype(np.int32): 0x0C, np.dtype(np.float32): 0x0D, np.dtype(np.float64): 0x0E}
 
 
-class MNISTNotFoundError(FileNotFoundError):
+class MNISTNotFoundError(DatasetMissingError):
     """The MNIST IDX files are not where lopbook looks for them."""
 
 
@@ -60,22 +63,29 @@ class MNIST:
 def read_idx(path: str | Path) -> np.ndarray:
     """Read one IDX file (gzipped if the name ends in ``.gz``) into a numpy array of its stored shape."""
     path = Path(path)
+    fix = "delete it and copy or download the official file again"
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        data = fh.read()
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as err:
+        raise DatasetError(f"{path} is not a complete gzip file ({err}); {fix}") from err
     if len(data) < 4:
-        raise ValueError(f"{path} is too short to be an IDX file ({len(data)} bytes)")
+        raise DatasetError(f"{path} is too short to be an IDX file ({len(data)} bytes); {fix}")
     zero, code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or code not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file (magic bytes {data[:4].hex()}); expected 0000 then a type "
-                         f"code in {sorted(hex(c) for c in _IDX_DTYPES)}")
+        raise DatasetError(f"{path} is not an IDX file (magic bytes {data[:4].hex()}); expected 0000 then a type "
+                           f"code in {sorted(hex(c) for c in _IDX_DTYPES)}; {fix}")
+    if len(data) < 4 + 4 * ndim:
+        raise DatasetError(f"{path}: the header announces {ndim} dimensions but the file ends after "
+                           f"{len(data)} bytes, inside the header (truncated download?); {fix}")
     dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     dtype = _IDX_DTYPES[code]
     expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
     body = data[4 + 4 * ndim:]
     if len(body) != expected:
-        raise ValueError(f"{path}: header says shape {dims} ({expected} bytes) but the file has {len(body)} "
-                         f"data bytes (truncated download?)")
+        raise DatasetError(f"{path}: header says shape {dims} ({expected} bytes) but the file has {len(body)} "
+                           f"data bytes (truncated download?); {fix}")
     return np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -129,7 +139,7 @@ def load_mnist(directory: str | Path | None = None, *, test: bool = True) -> MNI
     for split in ("train", "test") if test else ("train",):
         imgs, labs = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if imgs.ndim != 3 or labs.ndim != 1 or len(imgs) != len(labs):
-            raise ValueError(f"MNIST {split} files in {directory} have shapes {imgs.shape} and {labs.shape}; "
+            raise DatasetError(f"MNIST {split} files in {directory} have shapes {imgs.shape} and {labs.shape}; "
                              f"expected (N, 28, 28) images and (N,) labels")
 
     def t(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:

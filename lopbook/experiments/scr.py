@@ -203,6 +203,7 @@ EXPERIMENT = Experiment(
     title="Slowly-changing regression: BP with six activations vs CBP, L2 and S&P",
     config_cls=SCRConfig,
     run=run,
+    uses_torch=False,  # the batched numpy trainer
     presets={
         "quick": Preset(overrides={"n_examples": 40_000, "bin_size": 4_000, "bp_activations": ["relu", "tanh"]},
                         seeds=3, paper_scale=False,

@@ -13,7 +13,6 @@ Fixed relative to upstream (upstream-spec §4.3 item 12): the friction logged is
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -155,7 +154,14 @@ def make_vec_env(env_id: str, num_envs: int, *, change_every: int, seed: int,
 def _physics_state(env: gym.Env) -> bytes:
     # The whole MjData, not just mj_getState's integration state: the next step reads derived fields
     # (e.g. Ant's torso xpos, which after mj_step lags the integrated qpos) that mj_forward would recompute.
-    return pickle.dumps(env.unwrapped.data)
+    # MjData's own serialisation (what its pickle wraps), so a checkpoint holds bytes and never a pickle.
+    return env.unwrapped.data.__getstate__()
+
+
+def _physics_from_bytes(blob: bytes) -> mujoco.MjData:
+    data = mujoco.MjData.__new__(mujoco.MjData)
+    data.__setstate__(blob)
+    return data
 
 
 def vec_env_state(vec: gym.vector.SyncVectorEnv) -> list[dict[str, Any]]:
@@ -176,7 +182,7 @@ def load_vec_env_state(vec: gym.vector.SyncVectorEnv, states: list[dict[str, Any
         raise ValueError(f"state has {len(states)} envs, the vector env {len(vec.envs)}")
     for env, st in zip(vec.envs, states, strict=True):
         u = env.unwrapped
-        mujoco.mj_copyData(u.data, u.model, pickle.loads(st["physics"]))
+        mujoco.mj_copyData(u.data, u.model, _physics_from_bytes(st["physics"]))
         find_wrapper(env, gym.wrappers.TimeLimit)._elapsed_steps = st["elapsed"]
         u.np_random.bit_generator.state = st["np_random"]
         find_wrapper(env, ChangingFriction).load_state_dict(st["friction"])
