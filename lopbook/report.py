@@ -45,6 +45,15 @@ def num(value: float, digits: int = 2) -> str:
     return f"{float(value):,.{digits}f}".replace("-", "−")
 
 
+def approx(value: float, figures: int = 2) -> str:
+    """A large number rounded to ``figures`` significant figures, as text: ``approx(58_594) == "59,000"``."""
+    value = float(value)
+    if value == 0:
+        return "0"
+    step = 10 ** (int(np.floor(np.log10(abs(value)))) - figures + 1)
+    return f"{round(value / step) * step:,.0f}"
+
+
 def pct(fraction: float, digits: int = 0) -> str:
     """A fraction as a percentage: ``pct(0.376) == "38%"``."""
     return f"{100 * float(fraction):.{digits}f}%"
@@ -110,4 +119,4 @@ def scale_note(result: Result) -> None:
     note(title, lines, kind)
 
 
-__all__ = ["say", "note", "scale_note", "scale_lines", "mean_ci", "ci", "num", "pct"]
+__all__ = ["say", "note", "scale_note", "scale_lines", "mean_ci", "ci", "num", "approx", "pct"]
