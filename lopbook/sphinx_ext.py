@@ -154,6 +154,23 @@ def _notebook_download(app: Sphinx, pagename: str, templatename: str, context: d
         context.pop("ipynb_source", None)
 
 
+def _only_reader_notebooks(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    """On a page without a reader notebook (the intro, the appendices), drop the launch buttons (Colab cannot
+    open the page's .md) and the download of the build's executed copy, which the theme adds to every
+    executed page."""
+    if pagename not in app.env.all_docs or Path(app.env.doc2path(pagename)).with_suffix(".ipynb").exists():
+        return
+    buttons = []
+    for button in context.get("header_buttons", []):
+        if button.get("label") == "launch-buttons":
+            continue
+        if button.get("label") == "download-buttons":
+            button = {**button, "buttons": [b for b in button.get("buttons", [])
+                                            if b.get("label") != "download-notebook-button"]}
+        buttons.append(button)
+    context["header_buttons"] = buttons
+
+
 def _copy_notebooks(app: Sphinx, exception: Exception | None) -> None:
     """Copy the notebooks last: the theme's launch buttons copy the executed notebook to the same place."""
     if exception is not None or app.builder.format != "html":
@@ -186,6 +203,7 @@ def setup(app: Sphinx) -> dict:
     app.connect("html-page-context", _per_page_scripts, priority=400)
     app.connect("config-inited", _launch_buttons_need_a_url, priority=900)
     app.connect("html-page-context", _notebook_download, priority=500)  # before the theme's buttons (501)
+    app.connect("html-page-context", _only_reader_notebooks, priority=600)  # after them
     app.connect("build-finished", _copy_notebooks)
     app.connect("html-page-context", _dedupe_scripts, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

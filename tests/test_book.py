@@ -52,6 +52,8 @@ def test_every_toc_page_is_built_with_its_notebook(built_book: Path):
             served = built_book / "_sources" / page.relative_to(ROOT).with_suffix(".ipynb")
             assert served.read_bytes() == notebook.read_bytes(), f"{served} is not {notebook.name}"
             assert "download-notebook-button" in html and ".ipynb" in html
+        else:  # no reader notebook: no download of the build's executed copy, no launch button to a .md
+            assert "download-notebook-button" not in html and "launch-buttons" not in html
         # plotly.js (4.8 MB) only where a figure is drawn
         assert ("plotly.min.js" in html) == ("plotly-graph-div" in html), f"{rel}: plotly.js on a page without figures"
     static = built_book / "_static" / "lopbook"
