@@ -17,6 +17,7 @@ can be downloaded as a notebook.
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -184,17 +185,30 @@ def _copy_notebooks(app: Sphinx, exception: Exception | None) -> None:
         shutil.copyfile(notebook, dst)
 
 
-def _dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
-    """Drop repeated <script> entries: sphinx-thebe registers its config script twice under
-    jupyter-book 1.0.4, and the second ``const THEBE_JS_URL`` is a JavaScript error on every page."""
+_THEBE_CONFIG = re.compile(r'<script type="text/x-thebe-config">.*?</script>', re.S)
+
+
+def _scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    """Drop repeated <script> entries (sphinx-thebe registers its config script twice under jupyter-book 1.0.4,
+    and the second ``const THEBE_JS_URL`` is a JavaScript error on every page), and, while Thebe is off, drop
+    Thebe altogether: its loader and configuration name a CDN and are never used."""
+    thebe = bool((app.config.html_theme_options.get("launch_buttons") or {}).get("thebe"))
     seen: set[tuple[str, str]] = set()
     unique = []
     for js in context.get("script_files", []):
-        key = (str(getattr(js, "filename", js) or ""), repr(sorted(getattr(js, "attributes", {}).items())))
+        name = str(getattr(js, "filename", js) or "")
+        body = str(getattr(js, "attributes", {}).get("body", ""))
+        if not thebe and ("thebe" in name or "THEBE_JS_URL" in body):
+            continue
+        key = (name, repr(sorted(getattr(js, "attributes", {}).items())))
         if key not in seen:
             seen.add(key)
             unique.append(js)
     context["script_files"] = unique
+    if not thebe:
+        context["css_files"] = [css for css in context.get("css_files", [])
+                                if "thebe" not in str(getattr(css, "filename", css))]
+        context["body"] = _THEBE_CONFIG.sub("", context.get("body", ""))
 
 
 def setup(app: Sphinx) -> dict:
@@ -205,5 +219,5 @@ def setup(app: Sphinx) -> dict:
     app.connect("html-page-context", _notebook_download, priority=500)  # before the theme's buttons (501)
     app.connect("html-page-context", _only_reader_notebooks, priority=600)  # after them
     app.connect("build-finished", _copy_notebooks)
-    app.connect("html-page-context", _dedupe_scripts, priority=900)
+    app.connect("html-page-context", _scripts, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
