@@ -59,13 +59,14 @@ def _run_setup(url: str, *, installed: bool, mode: str | None, monkeypatch) -> t
                         lambda name, *a: (REAL_FIND_SPEC(name, *a) if name != "lopbook" or installed else None))
     monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
     monkeypatch.setattr(os.path, "isdir", lambda p: False)
-    monkeypatch.delenv("LOPBOOK_MODE", raising=False)
-    monkeypatch.delenv("LOPBOOK_DATA", raising=False)
+    # the cell sets variables in os.environ: give it a private copy, so nothing leaks into later tests
+    env = {k: v for k, v in os.environ.items() if k not in ("LOPBOOK_MODE", "LOPBOOK_DATA")}
+    monkeypatch.setattr(os, "environ", env)
     source = notebooks.SETUP_CELL.format(url=url)
     if mode:
         source = source.replace("MODE = None", f"MODE = {mode!r}")
     exec(compile(source, "setup-cell", "exec"), {})
-    return calls, dict(os.environ)
+    return calls, env
 
 
 def test_setup_cell_installs_lopbook_only_where_it_is_missing(monkeypatch):
