@@ -13,40 +13,99 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-# One colour per method everywhere in the book, so BP and CBP look the same on every page.
+# One colour per method everywhere, so a method looks the same on every page (BP always red, CBP always blue).
 METHOD_COLORS: dict[str, str] = {
     "bp": "#d62728", "cbp": "#1f77b4", "l2": "#2ca02c", "snp": "#9467bd", "redo": "#ff7f0e",
-    "l2init": "#17becf", "layernorm": "#8c564b", "head_reset": "#e377c2", "retrain": "#7f7f7f",
-    "linear": "#000000",
+    "adam": "#8c564b", "ns": "#e377c2", "l2init": "#17becf", "layernorm": "#bcbd22", "head_reset": "#b8860b",
+    "retrain": "#7f7f7f", "linear": "#000000",
 }
-# Dropdowns sit right-aligned just above the plot area, below the title (margin top >= 80 px).
-MENU_POSITION = {"x": 1.0, "xanchor": "right", "y": 1.01, "yanchor": "bottom"}
-_FALLBACK = ["#bcbd22", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94"]
+# Activation functions (panels that compare activations under one method) get their own palette.
+ACTIVATION_COLORS: dict[str, str] = {
+    "relu": "#d62728", "tanh": "#ff7f0e", "sigmoid": "#8c564b", "elu": "#e377c2", "leaky_relu": "#bcbd22",
+    "swish": "#17becf", "relu-tanh-relu": "#6a3d9a", "tanh-relu-tanh": "#1b9e77", "linear": "#000000",
+}
+# Line styles that tell apart several configurations of one method (e.g. BP at three step sizes).
+DASHES = ("solid", "dash", "dot", "dashdot", "longdash")
+# Dropdowns sit right-aligned just above the plot area, below the title.
+MENU_POSITION = {"x": 1.0, "xanchor": "right", "y": 1.02, "yanchor": "bottom"}
+_FALLBACK = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d"]
+TITLE_CHARS = 44  # a title line that fits a 390 px phone screen at the book's title size
 
 
 def color(name: str, i: int = 0) -> str:
-    """The book's colour for a method name (prefix match: ``cbp_1e-4`` gets CBP's colour)."""
+    """The book's colour for a method or activation name (prefix match: ``cbp_1e-4`` gets CBP's colour)."""
     key = name.lower()
+    if key in ACTIVATION_COLORS:
+        return ACTIVATION_COLORS[key]
     for method, col in METHOD_COLORS.items():
         if key == method or key.startswith(method + "_") or key.startswith(method + " "):
             return col
     return _FALLBACK[i % len(_FALLBACK)]
 
 
+def styles(labels: Sequence[str], colors: Mapping[str, str] | None = None) -> dict[str, tuple[str, str]]:
+    """``{label: (colour, dash)}``: the book's colour per label; labels that share a colour get distinct dashes."""
+    out: dict[str, tuple[str, str]] = {}
+    used: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        col = (colors or {}).get(label) or color(label, i)
+        out[label] = (col, DASHES[used.get(col, 0) % len(DASHES)])
+        used[col] = used.get(col, 0) + 1
+    return out
+
+
+def wrap_title(text: str, width: int = TITLE_CHARS) -> str:
+    """Break a title into lines of at most ``width`` characters (plotly does not wrap titles)."""
+    if "<br>" in text:
+        return text
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return "<br>".join([*lines, line])
+
+
+def finish(fig: go.Figure, *, title: str, xaxis: str = "", yaxis: str = "", height: int = 460,
+           menus: bool = False) -> go.Figure:
+    """The book's layout: a title that wraps, room for a dropdown under it, the legend below the plot
+    (a legend beside the plot crushes it on a phone), small side margins, and a width that follows the page."""
+    lines = wrap_title(title).count("<br>") + 1
+    top = 26 + 20 * lines + (34 if menus else 0)  # the title, then the dropdown
+    fig.update_layout(title={"text": wrap_title(title), "x": 0, "xanchor": "left", "y": 1, "yanchor": "top",
+                             "yref": "container", "pad": {"t": 10, "l": 8}, "font": {"size": 15}},
+                      xaxis_title=xaxis, yaxis_title=yaxis, template="plotly_white", height=height,
+                      autosize=True, margin={"t": top, "l": 58, "r": 12, "b": 10},
+                      legend={"orientation": "h", "x": 0, "xanchor": "left", "y": 0, "yanchor": "bottom",
+                              "yref": "container", "font": {"size": 11}},
+                      hoverlabel={"namelength": -1})
+    fig.update_xaxes(automargin=True)
+    fig.update_yaxes(automargin=True)
+    return fig
+
+
 def show(fig: go.Figure) -> None:
     """Display ``fig`` so that it draws in the built book, in Jupyter and in Colab.
 
-    The book loads plotly.js once per page (see :mod:`lopbook.sphinx_ext`) and renders the HTML part;
-    JupyterLab and VS Code render plotly's own mime type; Colab gets its own renderer.
+    The book loads plotly.js on the pages that have figures (see :mod:`lopbook.sphinx_ext`) and renders the
+    HTML part, which fills the page's width; JupyterLab and VS Code render plotly's own mime type; Colab gets
+    its own renderer.
     """
     if "google.colab" in sys.modules:
         fig.show(renderer="colab")
         return
     from IPython.display import display
 
+    height = fig.layout.height or 460
     bundle = {
         "application/vnd.plotly.v1+json": json.loads(fig.to_json()),
-        "text/html": fig.to_html(include_plotlyjs=False, full_html=False, config={"responsive": True}),
+        "text/html": fig.to_html(include_plotlyjs=False, full_html=False, default_width="100%",
+                                 default_height=f"{height}px",
+                                 # no mode bar: on a phone it covers the title; drag still zooms,
+                                 # a double click resets
+                                 config={"responsive": True, "displayModeBar": False}),
     }
     display(bundle, raw=True)
 
@@ -61,6 +120,26 @@ def mean_and_band(runs: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.nda
     return mean, mean - z * se, mean + z * se
 
 
+Bounds = tuple[float | None, float | None]
+
+
+def value_bounds(values: Sequence[np.ndarray], axis_title: str = "") -> Bounds:
+    """The range a plotted quantity can take, for clipping its confidence band.
+
+    A quantity whose every observation is >= 0 (an error, a rank, a count, a weight magnitude) cannot go below 0;
+    a percentage (axis title with "%" but not "% points") cannot exceed 100.
+    """
+    finite = [np.asarray(v, float)[np.isfinite(v)] for v in values]
+    finite = [v for v in finite if v.size]
+    if not finite:
+        return (None, None)
+    lo_all = min(float(v.min()) for v in finite)
+    hi_all = max(float(v.max()) for v in finite)
+    lower = 0.0 if lo_all >= 0 else None
+    upper = 100.0 if "%" in axis_title and "point" not in axis_title and hi_all <= 100 and lower == 0 else None
+    return (lower, upper)
+
+
 def _rgba(hex_color: str, alpha: float) -> str:
     h = hex_color.lstrip("#")
     r, g, b = (int(h[i:i + 2], 16) for i in (0, 2, 4))
@@ -68,66 +147,97 @@ def _rgba(hex_color: str, alpha: float) -> str:
 
 
 def band_traces(x: np.ndarray, runs: np.ndarray, name: str, col: str | None = None,
-                visible: bool | str = True, legendgroup: str | None = None) -> list[go.Scatter]:
-    """A mean line and a shaded 95% band over seeds (``runs`` has shape seeds x points)."""
+                visible: bool | str = True, legendgroup: str | None = None, dash: str = "solid",
+                bounds: Bounds = (None, None)) -> list[go.Scatter]:
+    """A mean line and a shaded 95% band over seeds (``runs`` has shape seeds x points).
+
+    The band is clipped to ``bounds`` (the quantity's possible range; a normal-approximation band over few
+    seeds can otherwise run past 100% or below 0).
+    """
     col = col or color(name)
+    x = np.asarray(x)
     mean, lo, hi = mean_and_band(runs)
+    lo = np.clip(lo, bounds[0], bounds[1]) if any(b is not None for b in bounds) else lo
+    hi = np.clip(hi, bounds[0], bounds[1]) if any(b is not None for b in bounds) else hi
     group = legendgroup or name
     band = go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]), fill="toself",
-                      fillcolor=_rgba(col, 0.2), line={"width": 0}, hoverinfo="skip", showlegend=False,
-                      legendgroup=group, visible=visible, name=f"{name} 95% CI")
-    line = go.Scatter(x=x, y=mean, name=name, line={"color": col, "width": 2}, legendgroup=group,
-                      visible=visible)
+                      mode="lines", fillcolor=_rgba(col, 0.18), line={"width": 0}, hoverinfo="skip",
+                      showlegend=False, legendgroup=group, visible=visible, name=f"{name} 95% CI")
+    few = len(x) <= 20  # few points: mark them on the mean line, never on the band
+    line = go.Scatter(x=x, y=mean, name=name, mode="lines+markers" if few else "lines",
+                      line={"color": col, "width": 2, "dash": dash}, marker={"size": 5},
+                      legendgroup=group, visible=visible)
     return [band, line]
 
 
+REFERENCE_DASHES = ("dot", "dash", "dashdot", "longdashdot")
+
+
+def reference_traces(x: np.ndarray, reference: Mapping[str, float], visible: bool | str = True
+                     ) -> list[go.Scatter]:
+    """Horizontal reference levels as legend entries (labels in the legend never overlap each other)."""
+    x = np.asarray(x)
+    lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 1.0)
+    return [go.Scatter(x=[lo, hi], y=[value, value], mode="lines", name=text, visible=visible,
+                       line={"color": "#444", "width": 1.5, "dash": REFERENCE_DASHES[k % len(REFERENCE_DASHES)]},
+                       hovertemplate=f"{text}<extra></extra>")
+            for k, (text, value) in enumerate(reference.items())]
+
+
 def curves_figure(x: np.ndarray, curves: Mapping[str, np.ndarray], *, title: str, xaxis: str, yaxis: str,
-                  reference: Mapping[str, float] | None = None) -> go.Figure:
+                  reference: Mapping[str, float] | None = None, bounds: Bounds | None = None) -> go.Figure:
     """Mean ± 95% CI curves, one per method, with buttons to show all methods or one at a time.
 
     ``curves`` maps a label to a (seeds x points) array; ``reference`` adds dotted horizontal lines
-    (e.g. a published number or a linear baseline).
+    (e.g. a published number or a linear baseline), listed in the legend. ``bounds`` clips the bands
+    (default: inferred by :func:`value_bounds`).
     """
     fig = go.Figure()
     labels = list(curves)
-    for i, label in enumerate(labels):
-        for tr in band_traces(np.asarray(x), curves[label], label, color(label, i)):
+    bounds = bounds if bounds is not None else value_bounds(list(curves.values()), yaxis)
+    style = styles(labels)
+    for label in labels:
+        col, dash = style[label]
+        for tr in band_traces(np.asarray(x), curves[label], label, col, dash=dash, bounds=bounds):
             fig.add_trace(tr)
-    for text, value in (reference or {}).items():
-        fig.add_hline(y=value, line_dash="dot", line_color="black", annotation_text=text,
-                      annotation_position="top left")
+    n_curves = len(fig.data)
+    for tr in reference_traces(np.asarray(x), reference or {}):
+        fig.add_trace(tr)
     n = len(fig.data)
-    buttons = [{"label": "all", "method": "update", "args": [{"visible": [True] * n}]}]
+    buttons = [{"label": "all methods", "method": "update", "args": [{"visible": [True] * n}]}]
     for i, label in enumerate(labels):
-        vis = [j // 2 == i for j in range(n)]
+        vis = [j // 2 == i if j < n_curves else True for j in range(n)]
         buttons.append({"label": label, "method": "update", "args": [{"visible": vis}]})
-    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxis, template="plotly_white",
-                      hovermode="x unified", height=450, margin={"t": 80},
+    fig.update_layout(hovermode="x unified",
                       updatemenus=[{"buttons": buttons, "direction": "down", **MENU_POSITION}])
-    return fig
+    return finish(fig, title=title, xaxis=xaxis, yaxis=yaxis, menus=True)
 
 
 def metric_dropdown_figure(x: np.ndarray, metrics: Mapping[str, Mapping[str, np.ndarray]], *, title: str,
                            xaxis: str) -> go.Figure:
-    """One panel, a dropdown to pick the metric; ``metrics[metric][method]`` is (seeds x points)."""
+    """One panel, a dropdown to pick the metric; ``metrics[metric][method]`` is (seeds x points).
+
+    Each metric's bands are clipped to its own range (:func:`value_bounds` with the metric name as axis title).
+    """
     fig = go.Figure()
     names = list(metrics)
     spans: list[tuple[int, int]] = []
     for k, metric in enumerate(names):
         start = len(fig.data)
-        for i, label in enumerate(metrics[metric]):
-            for tr in band_traces(np.asarray(x), metrics[metric][label], label, color(label, i),
-                                  visible=k == 0, legendgroup=f"{metric}:{label}"):
+        bounds = value_bounds(list(metrics[metric].values()), metric)
+        style = styles(list(metrics[metric]))
+        for label, runs in metrics[metric].items():
+            col, dash = style[label]
+            for tr in band_traces(np.asarray(x), runs, label, col, visible=k == 0,
+                                  legendgroup=f"{metric}:{label}", dash=dash, bounds=bounds):
                 fig.add_trace(tr)
         spans.append((start, len(fig.data)))
     n = len(fig.data)
     buttons = [{"label": metric, "method": "update",
                 "args": [{"visible": [a <= j < b for j in range(n)]}, {"yaxis": {"title": {"text": metric}}}]}
                for metric, (a, b) in zip(names, spans, strict=True)]
-    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=names[0] if names else "",
-                      template="plotly_white", height=450, margin={"t": 80},
-                      updatemenus=[{"buttons": buttons, "direction": "down", **MENU_POSITION}])
-    return fig
+    fig.update_layout(updatemenus=[{"buttons": buttons, "direction": "down", **MENU_POSITION}])
+    return finish(fig, title=title, xaxis=xaxis, yaxis=names[0] if names else "", menus=True)
 
 
 def bin_mean(values: np.ndarray, bin_size: int, axis: int = -1) -> np.ndarray:
@@ -168,7 +278,7 @@ def slippery_ant_returns_figure(result) -> go.Figure:
                         yaxis="mean episode return (per bin)")
     for step, f in friction_changes(result):
         fig.add_vline(x=step, line_dash="dash", line_color="gray", annotation_text=f"f={f:.2f}",
-                      annotation_position="bottom right")
+                      annotation_position="bottom right", annotation_font_size=10)
     return fig
 
 
@@ -202,7 +312,7 @@ def permuted_digits_figure(image: np.ndarray, perms: Sequence[np.ndarray], title
         fig.add_trace(go.Heatmap(z=z[::-1], colorscale="gray_r", showscale=False, hoverinfo="skip"), 1, i + 1)
         fig.update_xaxes(visible=False, row=1, col=i + 1)
         fig.update_yaxes(visible=False, scaleanchor=f"x{i + 1 if i else ''}", row=1, col=i + 1)
-    fig.update_layout(height=260, margin={"t": 40, "b": 10, "l": 10, "r": 10}, template="plotly_white")
+    fig.update_layout(height=240, margin={"t": 30, "b": 6, "l": 6, "r": 6}, template="plotly_white", autosize=True)
     return fig
 
 
@@ -210,38 +320,44 @@ def task_slider_figure(values: Mapping[str, np.ndarray], *, title: str, yaxis: s
                        task_offset: int = 0) -> go.Figure:
     """Per method, mean ± 95% CI over seeds at one task (bars), with a slider to move through the tasks.
 
-    ``values[label]`` has shape (seeds x tasks); the slider has a step every ``every`` tasks.
+    ``values[label]`` has shape (seeds x tasks); the slider has a step every ``every`` tasks. The value axis
+    starts at 0 (bars must), and the whiskers are clipped to the quantity's range.
     """
     labels = list(values)
     n_tasks = np.asarray(values[labels[0]]).shape[-1]
     steps_at = list(range(0, n_tasks, max(1, every)))
     if steps_at[-1] != n_tasks - 1:
         steps_at.append(n_tasks - 1)
-    stats = {lab: mean_and_band(np.asarray(values[lab])) for lab in labels}
-    lo_all = min(float(np.nanmin(st[1])) for st in stats.values())
+    bounds = value_bounds([np.asarray(values[lab]) for lab in labels], yaxis)
+    stats = {}
+    for lab in labels:
+        mean, lo, hi = mean_and_band(np.asarray(values[lab]))
+        stats[lab] = (mean, np.clip(lo, bounds[0], bounds[1]), np.clip(hi, bounds[0], bounds[1]))
+    lo_all = min(0.0, min(float(np.nanmin(st[1])) for st in stats.values()))
     hi_all = max(float(np.nanmax(st[2])) for st in stats.values())
-    pad = 0.05 * (hi_all - lo_all + 1e-12)
+    top = bounds[1] if bounds[1] is not None and hi_all > 0.9 * bounds[1] else hi_all * 1.05
 
-    def bar(t: int) -> go.Bar:
-        mean = [float(stats[lab][0][t]) for lab in labels]
-        err = [float(stats[lab][2][t] - stats[lab][0][t]) for lab in labels]
-        return go.Bar(x=labels, y=mean, error_y={"type": "data", "array": err},
-                      marker_color=[color(lab, i) for i, lab in enumerate(labels)])
+    def at(t: int) -> dict[str, list]:
+        return {"y": [[float(stats[lab][0][t]) for lab in labels]],
+                "error_y.array": [[float(stats[lab][2][t] - stats[lab][0][t]) for lab in labels]],
+                "error_y.arrayminus": [[float(stats[lab][0][t] - stats[lab][1][t]) for lab in labels]]}
 
-    fig = go.Figure(data=[bar(steps_at[0])], frames=[go.Frame(data=[bar(t)], name=str(t)) for t in steps_at])
-    slider_steps = [{"label": str(t + task_offset), "method": "animate",
-                     "args": [[str(t)], {"mode": "immediate", "frame": {"duration": 0, "redraw": True},
-                                         "transition": {"duration": 0}}]} for t in steps_at]
-    fig.update_layout(title=title, yaxis_title=yaxis, template="plotly_white", height=420,
-                      yaxis_range=[lo_all - pad, hi_all + pad],
-                      sliders=[{"steps": slider_steps, "currentvalue": {"prefix": "task "}, "pad": {"t": 40}}])
+    first = at(steps_at[0])
+    fig = go.Figure(go.Bar(x=labels, y=first["y"][0],
+                           error_y={"type": "data", "symmetric": False, "array": first["error_y.array"][0],
+                                    "arrayminus": first["error_y.arrayminus"][0]},
+                           marker_color=[styles(labels)[lab][0] for lab in labels]))
+    # "restyle" swaps the bar heights in place: no animation frames, so no interrupted-animation promises.
+    slider_steps = [{"label": str(t + task_offset), "method": "restyle", "args": [at(t)]} for t in steps_at]
+    fig.update_layout(yaxis_range=[lo_all, top],
+                      sliders=[{"steps": slider_steps, "currentvalue": {"prefix": "task "}, "pad": {"t": 50}}])
+    finish(fig, title=title, yaxis=yaxis, height=440)
+    fig.update_layout(showlegend=False, margin={"b": 20})
     return fig
 
 
 # --- slowly-changing regression ---
-# One colour per activation for the "BP with six activations" panels (methods keep METHOD_COLORS).
-SCR_ACT_COLORS: dict[str, str] = {"relu": "#d62728", "tanh": "#ff7f0e", "sigmoid": "#8c564b", "elu": "#e377c2",
-                                  "leaky_relu": "#bcbd22", "swish": "#17becf", "linear": "#000000"}
+SCR_ACT_COLORS = ACTIVATION_COLORS  # the BP-by-activation panels use the book's activation palette
 
 
 def _scr_color(label: str, by_activation: bool) -> str:
@@ -256,8 +372,8 @@ def scr_problem_figure(x: np.ndarray, y: np.ndarray, period: int, every: int = 5
 
     idx = np.arange(0, len(x), every)
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35], vertical_spacing=0.12,
-                        subplot_titles=("input bits (rows 1-15 slow, 16-20 fresh per example)",
-                                        f"target y (mean over each block of {every} examples)"))
+                        subplot_titles=("input bits (1–15 slow, 16–20 fresh)",
+                                        f"target y (mean of {every} examples)"))
     fig.add_trace(go.Heatmap(x=idx, y=np.arange(1, x.shape[1] + 1), z=x[idx].T, colorscale=[[0, "#f7f7f7"],
                              [1, "#1f4e79"]], showscale=False, hovertemplate="example %{x}<br>bit %{y}: %{z}"
                              "<extra></extra>"), row=1, col=1)
@@ -269,7 +385,8 @@ def scr_problem_figure(x: np.ndarray, y: np.ndarray, period: int, every: int = 5
     fig.update_yaxes(autorange="reversed", title_text="bit", row=1, col=1)
     fig.update_yaxes(title_text="y", row=2, col=1)
     fig.update_xaxes(title_text="example", row=2, col=1)
-    fig.update_layout(template="plotly_white", height=480, showlegend=False, margin={"t": 60})
+    finish(fig, title="The first stretches of the input stream", height=480)
+    fig.update_layout(showlegend=False)
     return fig
 
 
@@ -289,13 +406,14 @@ def scr_panels_figure(x: np.ndarray, panels: Mapping[str, Mapping[str, np.ndarra
         start = len(fig.data)
         curves = panels[pname]
         by_act = sum(lab.startswith("bp_") for lab in curves) > 1
+        style = styles(list(curves), {lab: _scr_color(lab, by_act) for lab in curves})
+        bounds = value_bounds(list(curves.values()), (yaxes or {}).get(pname, ""))
         for label, runs in curves.items():
-            for tr in band_traces(np.asarray(x), runs, label, _scr_color(label, by_act), visible=k == 0,
-                                  legendgroup=f"{pname}:{label}"):
+            for tr in band_traces(np.asarray(x), runs, label, style[label][0], visible=k == 0,
+                                  legendgroup=f"{pname}:{label}", dash=style[label][1], bounds=bounds):
                 fig.add_trace(tr)
-        for text, level in (hlines or {}).get(pname, {}).items():
-            fig.add_trace(go.Scatter(x=[x[0], x[-1]], y=[level, level], mode="lines", name=text, visible=k == 0,
-                                     line={"color": "black", "dash": "dot", "width": 1.5}))
+        for tr in reference_traces(np.asarray(x), (hlines or {}).get(pname, {}), visible=k == 0):
+            fig.add_trace(tr)
         pts = (reference or {}).get(pname, [])
         if pts:
             xs, lo, hi, txt = (list(v) for v in zip(*pts, strict=True))
@@ -313,10 +431,9 @@ def scr_panels_figure(x: np.ndarray, panels: Mapping[str, Mapping[str, np.ndarra
                 "args": [{"visible": [a <= j < b for j in range(n)]},
                          {"yaxis": {"title": {"text": yaxes.get(pname, "")}}}]}
                for pname, (a, b) in zip(names, spans, strict=True)]
-    fig.update_layout(title=title, xaxis_title=xaxis, yaxis_title=yaxes.get(names[0], "") if names else "",
-                      template="plotly_white", height=480, margin={"t": 90}, hovermode="x unified",
-                      updatemenus=[{"buttons": buttons, "direction": "down", **MENU_POSITION}])
-    return fig
+    fig.update_layout(hovermode="x unified", updatemenus=[{"buttons": buttons, "direction": "down", **MENU_POSITION}])
+    return finish(fig, title=title, xaxis=xaxis, yaxis=yaxes.get(names[0], "") if names else "", height=500,
+                  menus=True)
 
 
 def scr_curves(result, metric: str, labels: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -354,13 +471,13 @@ def cbp_utility_figure(trace: Mapping[str, np.ndarray]) -> go.Figure:
     buttons = [{"label": label, "method": "update",
                 "args": [{"visible": [k // per == which for k in range(2 * per)]}]}
                for which, label in enumerate(("bias-corrected utility û", "raw EMA utility"))]
-    fig.update_layout(title="CBP on a 6-12-1 net: unit utilities and replacements (x)", xaxis_title="step",
-                      yaxis_title="utility", template="plotly_white", height=420,
-                      updatemenus=[{"buttons": buttons, **MENU_POSITION}])
-    return fig
+    fig.update_layout(updatemenus=[{"buttons": buttons, **MENU_POSITION}])
+    return finish(fig, title="CBP on a 6-12-1 net: unit utilities and replacements (x)", xaxis="step",
+                  yaxis="utility", height=440, menus=True)
 
 
-__all__: Sequence[str] = ["show", "color", "mean_and_band", "band_traces", "curves_figure",
+__all__: Sequence[str] = ["show", "color", "styles", "finish", "wrap_title", "value_bounds", "mean_and_band",
+                          "band_traces", "reference_traces", "curves_figure", "ACTIVATION_COLORS",
                           "metric_dropdown_figure", "bin_mean", "METHOD_COLORS",
                           "slippery_ant_returns_figure", "slippery_ant_metrics_figure", "friction_changes",
                           "permuted_digits_figure", "task_slider_figure", "cbp_utility_figure"]

@@ -30,12 +30,62 @@ def test_curves_figure_has_a_band_and_line_per_method_and_working_buttons():
     x = np.arange(4)
     fig = plots.curves_figure(x, {"bp": np.ones((2, 4)), "cbp_1e-4": np.zeros((2, 4))}, title="t",
                               xaxis="x", yaxis="y", reference={"paper": 0.5})
-    assert len(fig.data) == 4
+    assert len(fig.data) == 5  # band + mean per method, and the reference level as a legend entry
     assert fig.data[1].line.color == plots.METHOD_COLORS["bp"]
     assert fig.data[3].line.color == plots.METHOD_COLORS["cbp"]  # prefix match keeps the method colour
+    assert fig.data[4].name == "paper" and list(fig.data[4].y) == [0.5, 0.5]
     buttons = fig.layout.updatemenus[0].buttons
-    assert [b.label for b in buttons] == ["all", "bp", "cbp_1e-4"]
-    assert buttons[2].args[0]["visible"] == [False, False, True, True]
+    assert [b.label for b in buttons] == ["all methods", "bp", "cbp_1e-4"]
+    assert buttons[2].args[0]["visible"] == [False, False, True, True, True]  # references stay visible
+
+
+def test_bands_are_clipped_to_the_quantitys_range():
+    x = np.arange(3)
+    acc = np.array([[99.0, 50, 1], [90, 60, 9]])  # a wide band over two seeds
+    fig = plots.curves_figure(x, {"bp": acc}, title="t", xaxis="task", yaxis="accuracy (%)")
+    band = np.asarray(fig.data[0].y)
+    assert band.max() <= 100 and band.min() >= 0
+    mean, lo, hi = plots.mean_and_band(acc)
+    assert hi[0] > 100 and lo[2] < 0  # the unclipped band would leave the range
+    rel = plots.curves_figure(x, {"bp": acc - 95}, title="t", xaxis="task", yaxis="accuracy − retrained (% points)")
+    assert np.asarray(rel.data[0].y).min() < -95  # a difference can be negative: no clipping
+    assert plots.value_bounds([np.array([0.5, 2.0])], "error") == (0.0, None)
+    assert plots.value_bounds([np.array([-1.0, 2.0])], "return") == (None, None)
+
+
+def test_band_has_no_markers_and_few_points_get_markers_on_the_mean_only():
+    band, line = plots.band_traces(np.arange(5), np.ones((2, 5)), "bp")
+    assert band.mode == "lines" and line.mode == "lines+markers"
+    band, line = plots.band_traces(np.arange(50), np.ones((2, 50)), "bp")
+    assert band.mode == "lines" and line.mode == "lines"
+
+
+def test_one_colour_per_method_and_dashes_for_variants():
+    assert len(set(plots.METHOD_COLORS.values())) == len(plots.METHOD_COLORS)
+    assert len(set(plots.ACTIVATION_COLORS.values())) == len(plots.ACTIVATION_COLORS)
+    assert plots.color("adam") != plots.color("cbp")
+    assert plots.color("relu") != plots.color("tanh-relu-tanh")
+    st = plots.styles(["bp_0.01", "bp_0.001", "cbp", "bp_0.0001"])
+    assert {st[k][0] for k in ("bp_0.01", "bp_0.001", "bp_0.0001")} == {plots.METHOD_COLORS["bp"]}
+    assert len({st[k][1] for k in ("bp_0.01", "bp_0.001", "bp_0.0001")}) == 3 and st["cbp"][1] == "solid"
+
+
+def test_titles_wrap_to_fit_a_phone():
+    title = plots.wrap_title("Test accuracy after the last epoch of each task (mean ± 95% CI over seeds)")
+    assert all(len(line) <= plots.TITLE_CHARS for line in title.split("<br>"))
+    assert title.replace("<br>", " ") == "Test accuracy after the last epoch of each task (mean ± 95% CI over seeds)"
+
+
+def test_task_slider_restyles_bars_from_zero_without_animation_frames():
+    values = {"bp": np.array([[60.0, 70, 99], [62, 72, 97]]), "cbp": np.array([[61.0, 71, 80], [63, 73, 82]])}
+    fig = plots.task_slider_figure(values, title="t", yaxis="accuracy (%)")
+    assert not fig.frames
+    assert fig.layout.yaxis.range[0] == 0 and fig.layout.yaxis.range[1] <= 100
+    steps = fig.layout.sliders[0].steps
+    assert [s.method for s in steps] == ["restyle"] * 3
+    last = steps[-1].args[0]
+    assert last["y"][0] == [98.0, 81.0]
+    assert 98.0 + last["error_y.array"][0][0] <= 100  # whiskers clipped at 100%
 
 
 def test_metric_dropdown_shows_one_metric_at_a_time():
