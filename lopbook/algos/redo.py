@@ -48,7 +48,8 @@ class ReDo:
         self.steps = 0
         self.n_reset = [0] * len(self.groups)
         self.last_scores: list[torch.Tensor | None] = [None] * len(self.groups)
-        self.hooks = FeatureHooks(self.groups, lambda i, h: self.groups[i].mean_abs(h))
+        # ReDo's dormancy is a property of the activation itself (its paper scores activation outputs)
+        self.hooks = FeatureHooks(self.groups, lambda i, h: self.groups[i].mean_abs(h), at="activation")
         self._arm()
 
     def _arm(self) -> None:

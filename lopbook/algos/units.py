@@ -12,8 +12,9 @@ computes the same function right after the replacement.
 
 Groups are found automatically with ``torch.fx`` (:func:`find_unit_groups`). A unit whose output has more than
 one consumer (a residual sum, a skip connection) is *not* a group: zeroing one consumer would not silence it.
-Features are captured by forward hooks on the activation modules (:class:`FeatureHooks`) and reduced to
-per-unit statistics on the device right away, so no activation tensors are kept.
+Features are captured by hooks (:class:`FeatureHooks`): for continual backprop, what the outgoing layer
+consumes (after pooling/flatten), for ReDo the activation's output. They are reduced to per-unit (or per
+outgoing column) statistics on the device right away, so no activation tensors are kept.
 """
 
 from __future__ import annotations
@@ -78,19 +79,38 @@ class UnitGroup:
         return int(w.shape[0])
 
     @property
-    def channel_dim(self) -> int:
-        """Dimension of the unit axis in the feature tensor (1 for conv maps, -1 for Linear outputs)."""
-        return 1 if isinstance(self.in_layer, (nn.Conv1d, nn.Conv2d)) else -1
+    def n_features(self) -> int:
+        """Length of the per-feature statistics: one per outgoing column (``n_units * cols_per_unit``)."""
+        return self.n_units * self.cols_per_unit
 
     @property
     def nonnegative(self) -> bool:
-        """Whether the activation's outputs are >= 0 (then mean|h| = mean h, which saves a pass over h)."""
+        """Whether the features are >= 0 (then mean|h| = mean h, which saves a pass over h).
+
+        True for non-negative activations: the pass-through ops after them (pooling, dropout, flatten) keep
+        the sign."""
         return isinstance(self.act, (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus, nn.Hardsigmoid))
 
+    def feature_axis(self, h: torch.Tensor) -> int:
+        """The unit axis of a feature tensor ``h``: 1 for an unflattened conv map (N, C, ...), else the last."""
+        conv = isinstance(self.in_layer, (nn.Conv1d, nn.Conv2d))
+        return 1 if conv and h.dim() >= 3 else h.dim() - 1
+
+    def feature_dims(self, h: torch.Tensor) -> list[int]:
+        """All dimensions of ``h`` except the unit axis (batch, time, spatial positions)."""
+        ax = self.feature_axis(h)
+        return [d for d in range(h.dim()) if d != ax]
+
     def mean_abs(self, h: torch.Tensor) -> torch.Tensor:
-        """Per-unit mean |h| over batch (and spatial) dims, in float32."""
-        dims = reduce_dims(self, h)
-        return (h if self.nonnegative else h.abs()).mean(dims, dtype=torch.float32)
+        """Mean |h| per feature column over batch (and spatial) dims, in float32.
+
+        For a conv map feeding a conv: one value per channel. For a conv map flattened into a Linear: one value
+        per flattened column (``n_units * cols_per_unit``, channel-major)."""
+        return (h if self.nonnegative else h.abs()).mean(self.feature_dims(h), dtype=torch.float32)
+
+    def per_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum a per-column statistic (length :attr:`n_features`) over each unit's columns."""
+        return x if self.cols_per_unit == 1 else x.view(-1, self.cols_per_unit).sum(1)
 
     def out_columns(self, idx: torch.Tensor) -> torch.Tensor:
         """Input-column indices of ``out_layer`` fed by units ``idx``."""
@@ -99,10 +119,11 @@ class UnitGroup:
         k = self.cols_per_unit
         return (idx[:, None] * k + torch.arange(k, device=idx.device)).reshape(-1)
 
-    def out_magnitude(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def out_magnitude(self, rows: torch.Tensor | None = None, per_column: bool = False) -> torch.Tensor:
         """Sum of |outgoing weights| per unit (over output rows, kernel positions and flattened columns).
 
         ``rows``: only these output rows (e.g. the rows a replacement in the next layer is about to redraw).
+        ``per_column``: one sum per outgoing column instead of per unit (length :attr:`n_features`).
         """
         w = self.out_layer.weight.detach()
         dims = [0, *range(2, w.dim())]  # output rows and kernel positions
@@ -118,9 +139,7 @@ class UnitGroup:
                 s += torch.abs(c, out=buf[:c.shape[0]]).sum(dims)
         else:
             s = w.abs().sum(dims)
-        if self.cols_per_unit > 1:
-            s = s.view(-1, self.cols_per_unit).sum(1)
-        return s
+        return s if per_column else self.per_unit(s)
 
     def in_magnitude(self) -> torch.Tensor:
         """Mean |incoming weight| per unit."""
@@ -270,7 +289,11 @@ def find_unit_groups(model: nn.Module) -> tuple[list[UnitGroup], dict[str, str]]
 # ---------------------------------------------------------------------------------------- feature hooks
 
 class FeatureHooks:
-    """Forward hooks on each group's activation module, reducing features to per-unit statistics at once.
+    """Hooks that capture each group's unit features in the training forward and reduce them at once.
+
+    ``at="consumer"`` (continual backprop) records what the next layer consumes: the input of ``out_layer``,
+    i.e. the features after any pooling, dropout and flatten between the activation and that layer.
+    ``at="activation"`` (ReDo) records the activation module's output.
 
     ``reducer(i, h)`` receives group ``i``'s detached features and returns what is stored in ``latest[i]``
     (e.g. mean |h| over batch and spatial dims). Only forwards with grad enabled are recorded (the training
@@ -278,20 +301,27 @@ class FeatureHooks:
     skip the reduction entirely on steps that do not need it.
     """
 
-    def __init__(self, groups: Sequence[UnitGroup], reducer: Callable[[int, torch.Tensor], Any]):
+    def __init__(self, groups: Sequence[UnitGroup], reducer: Callable[[int, torch.Tensor], Any],
+                 at: str = "consumer"):
+        if at not in ("consumer", "activation"):
+            raise ValueError(f"at must be 'consumer' or 'activation', got {at!r}")
         self.groups = list(groups)
         self.reducer = reducer
+        self.at = at
         self.latest: list[Any] = [None] * len(self.groups)
         self.enabled = True
-        self._handles = [g.act.register_forward_hook(self._make_hook(i)) for i, g in enumerate(self.groups)]
+        self._handles = [self._register(i, g) for i, g in enumerate(self.groups)]
 
-    def _make_hook(self, i: int) -> Callable:
-        act = self.groups[i].act
+    def _register(self, i: int, g: UnitGroup) -> Any:
+        if self.at == "activation":
+            return g.act.register_forward_hook(self._make_hook(i, g.act, output=True))
+        return g.out_layer.register_forward_pre_hook(self._make_hook(i, g.out_layer, output=False))
 
-        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-            # `module is act`: a deepcopy of the model carries this hook along; its forwards must not count
-            if self.enabled and torch.is_grad_enabled() and module is act:
-                self.latest[i] = self.reducer(i, output.detach())
+    def _make_hook(self, i: int, target: nn.Module, output: bool) -> Callable:
+        def hook(module: nn.Module, inputs: Any, out: Any = None) -> None:
+            # `module is target`: a deepcopy of the model carries this hook along; its forwards must not count
+            if self.enabled and torch.is_grad_enabled() and module is target:
+                self.latest[i] = self.reducer(i, (out if output else inputs[0]).detach())
         return hook
 
     def clear(self) -> None:
@@ -302,12 +332,6 @@ class FeatureHooks:
         for h in self._handles:
             h.remove()
         self._handles = []
-
-
-def reduce_dims(group: UnitGroup, h: torch.Tensor) -> list[int]:
-    """All feature dimensions except the unit axis (batch, time, spatial)."""
-    cd = group.channel_dim % h.dim()
-    return [d for d in range(h.dim()) if d != cd]
 
 
 # ------------------------------------------------------------------------------------------ re-init
@@ -370,8 +394,9 @@ def reinit_units(group: UnitGroup, idx: torch.Tensor, init: str = "default",
                  optimizer: torch.optim.Optimizer | None = None, bias_shift: torch.Tensor | None = None) -> None:
     """Re-initialise units ``idx`` of ``group`` in place (see the module docstring for what that means).
 
-    ``bias_shift`` (per replaced unit, optional) is the unit's mean activation: before zeroing, its mean
-    contribution ``W_out[:, u]·shift_u`` is added to the outgoing layer's bias, so the expected output is kept.
+    ``bias_shift`` (optional) is the replaced units' mean feature, one value per unit or per outgoing column
+    (``out_columns(idx)``): before zeroing, the mean contribution ``W_out[:, cols]·shift`` is added to the
+    outgoing layer's bias, so the expected output is kept.
     """
     if idx.numel() == 0:
         return
@@ -404,7 +429,9 @@ def reinit_units(group: UnitGroup, idx: torch.Tensor, init: str = "default",
     if bias_shift is not None:
         if group.out_layer.bias is None:
             raise ValueError(f"bias transfer needs a bias on '{group.extra.get('out_name')}'")
-        shift = bias_shift.to(w_out.dtype).repeat_interleave(group.cols_per_unit)
+        shift = bias_shift.to(w_out.dtype)
+        if shift.numel() != cols.numel():
+            shift = shift.repeat_interleave(group.cols_per_unit)
         sel = w_out.index_select(1, cols)
         if sel.dim() > 2:  # conv consumer: every kernel tap sees the mean activation (edges ignored)
             sel = sel.flatten(2).sum(2)
