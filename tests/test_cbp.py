@@ -108,6 +108,28 @@ def test_discovery_on_library_nets_and_custom_activations() -> None:
     assert [g.name for g in ContinualBackprop(m, None).groups] == ["0"]
 
 
+class _Skip(nn.Module):
+    """x -> a -> [bn] -> relu -> (+ x) -> relu -> out: a unit of `a` also reaches `out` through the skip."""
+
+    def __init__(self, bn: bool) -> None:
+        super().__init__()
+        self.a, self.out = nn.Linear(4, 4), nn.Linear(4, 1)
+        self.bn = nn.BatchNorm1d(4) if bn else nn.Identity()
+        self.r1, self.r2 = nn.ReLU(), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.r2(self.r1(self.bn(self.a(x))) + x))
+
+
+def test_discovery_of_units_that_feed_a_residual_sum() -> None:
+    groups, skipped = find_unit_groups(_Skip(bn=True))
+    assert [(g.name, g.residual, g.extra["consumer_names"]) for g in groups] == [("a", True, ["out"])]
+    with pytest.raises(UnitDiscoveryError, match="no BatchNorm"):
+        find_unit_groups(_Skip(bn=False))  # nothing can silence `a`'s units on the skip path
+    with pytest.raises(ValueError, match="residual"):
+        ContinualBackprop(_Skip(bn=True), None, bias_transfer=True)
+
+
 def test_deepcopied_model_does_not_feed_the_original_hooks() -> None:
     m = mlp(8)
     cbp = ContinualBackprop(m, None)

@@ -23,8 +23,9 @@ Per group (layer) and step:
 3. eligible units: ``age > maturity_threshold``; a host-side counter ``c += ρ · n_eligible``; replace
    ``k = ⌊c⌋`` units and keep the remainder (exact, deterministic counts).
 4. the ``k`` eligible units with the lowest ``û`` are re-initialised (:func:`~lopbook.algos.units.reinit_units`):
-   incoming weights from ``init``, incoming bias 0, norm channel to identity, outgoing weights 0, optimizer
-   state of those entries 0; their age, utility and mean activation restart at 0.
+   incoming weights from ``init``, incoming bias 0, norm channel to identity, outgoing weights 0 (for a unit
+   that feeds a residual sum: its BatchNorm scale and shift 0 instead), optimizer state of those entries 0;
+   their age, utility and mean activation restart at 0.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class ContinualBackprop:
 
     Args:
         model: the network. Its replaceable groups are found automatically (see :mod:`lopbook.algos.units`);
-            units whose output feeds a residual sum are left alone (listed in :attr:`skipped`).
+            a unit that feeds a residual sum is replaceable when a BatchNorm precedes the sum (it is then
+            silenced there); other weight layers are left alone (listed in :attr:`skipped` with the reason).
         optimizer: its per-element state (SGD momentum, Adam moments) is zeroed for replaced entries.
             ``None`` skips that.
         replacement_rate: ρ, the fraction of *eligible* units replaced per step (in [0, 1)).
@@ -119,6 +121,9 @@ class ContinualBackprop:
         self.skipped: dict[str, str] = skipped
         if bias_transfer:
             for g in self.groups:
+                if g.residual:
+                    raise ValueError(f"bias_transfer=True is not defined for '{g.name}', whose units feed a "
+                                     "residual sum (they are silenced at their BatchNorm); use bias_transfer=False")
                 if g.out_layer.bias is None:
                     raise ValueError(f"bias_transfer=True needs a bias on the layer after '{g.name}'; "
                                      "use bias_transfer=False or give that layer a bias")
@@ -226,18 +231,21 @@ class ContinualBackprop:
             # groups whose outgoing layer is g.in_layer: keep their cached Σ|w_out| valid by swapping the
             # contribution of the k redrawn rows (cheap) instead of re-reading the whole matrix
             feeders = [j for j, other in enumerate(self.groups)
-                       if other.out_layer is g.in_layer and self._out_mag[j] is not None]
-            old_rows = {j: self.groups[j].out_magnitude(rows=idx, per_column=True) for j in feeders}
+                       if any(o is g.in_layer for o in other.outgoing) and self._out_mag[j] is not None]
+            old_rows = {j: self.groups[j].out_magnitude(rows=idx, per_column=True, layer=g.in_layer)
+                        for j in feeders}
             reinit_units(g, idx, self.init, self.optimizer, bias_shift=shift)
             for j in feeders:
-                self._out_mag[j].add_(self.groups[j].out_magnitude(rows=idx, per_column=True) - old_rows[j])
+                self._out_mag[j].add_(self.groups[j].out_magnitude(rows=idx, per_column=True, layer=g.in_layer)
+                                      - old_rows[j])
             s.util.index_fill_(0, idx, 0.0)
             s.mean_act.index_fill_(0, cols, 0.0)
             s.age.index_fill_(0, idx, 0.0)
             s.age_host[idx.cpu().numpy()] = 0  # the only host sync, on replacement steps
             s.n_replaced += k
             self.last_replaced[i] = idx
-            out_mag.index_fill_(0, cols, 0.0)  # the cached magnitudes: the replaced columns are now 0
+            if not g.residual:  # the cached magnitudes: the replaced columns are now 0
+                out_mag.index_fill_(0, cols, 0.0)
             total += k
         self.hooks.clear()
         return total
