@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .adam_ages import ages_state, load_ages_state
 from .units import FeatureHooks, UnitGroup, check_init, find_unit_groups, reinit_units
 
 UTILITIES = ("contribution", "adaptable_contribution")
@@ -78,8 +79,9 @@ class ContinualBackprop:
         model: the network. Its replaceable groups are found automatically (see :mod:`lopbook.algos.units`);
             a unit that feeds a residual sum is replaceable when a BatchNorm precedes the sum (it is then
             silenced there); other weight layers are left alone (listed in :attr:`skipped` with the reason).
-        optimizer: its per-element state (SGD momentum, Adam moments) is zeroed for replaced entries.
-            ``None`` skips that.
+        optimizer: its per-element state (SGD momentum, Adam moments) is zeroed for replaced entries; with
+            ``torch.optim.Adam``/``AdamW`` those entries also get their own step count, so their first updates
+            are bias-corrected like fresh entries' (:mod:`lopbook.algos.adam_ages`). ``None`` skips that.
         replacement_rate: ρ, the fraction of *eligible* units replaced per step (in [0, 1)).
         maturity_threshold: m, a unit is eligible once ``age > m`` steps.
         decay_rate: η, the utility EMA decay (0 = instantaneous utility).
@@ -263,10 +265,12 @@ class ContinualBackprop:
             "groups": [{"name": g.name, "age": s.age.cpu().clone(), "util": s.util.cpu().clone(),
                         "mean_act": s.mean_act.cpu().clone(), "counter": s.counter, "n_replaced": s.n_replaced}
                        for g, s in zip(self.groups, self.states, strict=True)],
+            "adam_entry_ages": ages_state(self.optimizer),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output (the model and optimizer are restored separately)."""
+        """Restore :meth:`state_dict` output (the model and optimizer are restored separately; load the
+        optimizer's state first)."""
         names = [g["name"] for g in state["groups"]]
         if names != [g.name for g in self.groups]:
             raise ValueError(f"checkpoint has groups {names}, this model has {[g.name for g in self.groups]}")
@@ -279,6 +283,7 @@ class ContinualBackprop:
             s.age_host = d["age"].cpu().numpy().astype(np.int64)
             s.counter = float(d["counter"])
             s.n_replaced = int(d["n_replaced"])
+        load_ages_state(self.optimizer, state.get("adam_entry_ages"))
 
     def remove(self) -> None:
         """Remove the forward hooks (the object is unusable afterwards)."""

@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .adam_ages import entry_ages
+
 _CHUNK = 64  # rows per chunk when summing |W_out| on the CPU
 
 INIT_NAMES = ("default", "kaiming_uniform", "kaiming_normal", "xavier", "lecun")
@@ -264,7 +266,8 @@ def check_init(init: str) -> None:
 
 def _zero_state(optimizer: torch.optim.Optimizer | None, p: torch.Tensor, index: torch.Tensor, dim: int) -> None:
     """Zero every per-element optimizer state tensor of ``p`` (momentum_buffer, exp_avg, exp_avg_sq,
-    max_exp_avg_sq, ...) along ``dim`` at ``index``. Scalar state (Adam's ``step``) is left alone."""
+    max_exp_avg_sq, ...) along ``dim`` at ``index``. Adam's scalar ``step`` is left alone; instead the entries
+    get their own step count (:mod:`lopbook.algos.adam_ages`), so they are bias-corrected like fresh ones."""
     if optimizer is None:
         return
     state = optimizer.state.get(p)
@@ -273,6 +276,9 @@ def _zero_state(optimizer: torch.optim.Optimizer | None, p: torch.Tensor, index:
     for v in state.values():
         if torch.is_tensor(v) and v.shape == p.shape:
             v.index_fill_(dim, index, 0.0)
+    ages = entry_ages(optimizer)  # Adam: these entries now count their own steps (bias correction)
+    if ages is not None:
+        ages.mark(p, index, dim)
 
 
 @torch.no_grad()
