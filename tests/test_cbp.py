@@ -407,6 +407,23 @@ def test_output_unchanged_conv_flatten_linear() -> None:
     assert _check_invariance(m, cbp, opt, batches, torch.randn(4, 3, 14, 14)) >= 4
 
 
+def test_layernorm_makes_a_replacement_change_the_other_units() -> None:
+    """The documented exception: the new unit's pre-activation enters the LayerNorm statistics of its layer."""
+    from lopbook.nets import MLP
+
+    torch.manual_seed(0)
+    m = MLP(4, [16, 16], 1, layer_norm=True)
+    opt = torch.optim.SGD(m.parameters(), lr=0.0)
+    cbp = ContinualBackprop(m, opt, replacement_rate=1 / 16, maturity_threshold=0, decay_rate=0.9)
+    x = torch.randn(32, 4)
+    train_step(m, opt, x, torch.zeros(32, 1))
+    before = copy.deepcopy(m)
+    assert cbp.step() == 2
+    with torch.no_grad():
+        diff = (m(x) - _ablated_output(before, cbp, cbp.last_replaced, x)).abs().max().item()
+    assert diff > 1e-3
+
+
 def test_dead_unit_replacement_leaves_output_exactly_unchanged() -> None:
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
