@@ -139,33 +139,31 @@ class EntryAges:
     @staticmethod
     def _redo(p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, hp: tuple, dim: int, index: np.ndarray,
               tr: _Track, young_rows_mask: np.ndarray | None) -> None:
+        """Add ``lr·m̂_t/(√v̂_t+ε) − lr·m̂_k/(√v̂_k+ε)`` to the entries ``index`` along ``dim`` (ages on the host)."""
         lr, b1, b2, eps, t = hp
-        dev = p.device
+        if dim == 0:  # a block of rows; an entry's age is the younger of its row's and its column's
+            age = (t - tr.rows[index]).astype(np.float64)[:, None]
+            if tr.cols is not None:
+                col_age = (t - tr.cols).astype(np.float64)
+                if (col_age < age.max()).any():
+                    age = np.minimum(age, col_age[None, :])
+        else:  # a block of columns, minus the rows already redone
+            age = (t - tr.cols[index]).astype(np.float64)[None, :]
+            if young_rows_mask is not None and young_rows_mask.any():
+                age = np.where(young_rows_mask[:, None], float(t), age)
+        age = np.clip(age, 1, t)
+        step_k = lr / (1 - b1 ** age)  # lr / (1 - β1^k)
+        scale_k = 1 / np.sqrt(1 - b2 ** age)  # 1 / sqrt(1 - β2^k)
+        shape = [*age.shape] + [1] * (p.dim() - age.ndim) if p.dim() > 1 else [age.shape[0]]
+        dev, dt = p.device, p.dtype
+        step_k = torch.from_numpy(step_k.astype(np.float32)).to(dev, dt).view(shape)
+        scale_k = torch.from_numpy(scale_k.astype(np.float32)).to(dev, dt).view(shape)
         idx = torch.from_numpy(index).to(dev)
-        shape = [1] * p.dim()
-        if dim == 0:
-            age = torch.from_numpy(t - tr.rows[index]).to(dev, torch.float64)
-            shape[0] = -1
-            age = age.view(shape)
-            if tr.cols is not None:  # an entry's age is the younger of its row's and its column's
-                col_shape = [1] * p.dim()
-                col_shape[1] = -1
-                age = torch.minimum(age, torch.from_numpy(t - tr.cols).to(dev, torch.float64).view(col_shape))
-        else:
-            age = torch.from_numpy(t - tr.cols[index]).to(dev, torch.float64)
-            shape[1] = -1
-            age = age.view(shape)
-            row_shape = [1] * p.dim()
-            row_shape[0] = -1
-            skip = torch.from_numpy(young_rows_mask).to(dev).view(row_shape)
-            age = torch.where(skip, torch.tensor(float(t), dtype=torch.float64, device=dev), age)
-        age = age.clamp(1, t)
-        mi, root = m.index_select(dim, idx), v.index_select(dim, idx).sqrt()
-        applied = mi / (root / math.sqrt(1 - b2 ** t) + eps) * (lr / (1 - b1 ** t))  # what Adam just did
-        bc1 = (1 - torch.pow(b1, age)).to(p.dtype)
-        bc2 = (1 - torch.pow(b2, age)).sqrt().to(p.dtype)
-        wanted = mi / (root / bc2 + eps) * (lr / bc1)
-        p.index_add_(dim, idx, torch.where(age < t, applied - wanted, 0.0).to(p.dtype))
+        mi, root = m.index_select(dim, idx), v.index_select(dim, idx).sqrt_()
+        # what Adam just did with the shared step t, minus what a per-entry step k does
+        fix = root.mul(1 / math.sqrt(1 - b2 ** t)).add_(eps).reciprocal_().mul_(lr / (1 - b1 ** t))
+        fix.sub_(root.mul_(scale_k).add_(eps).reciprocal_().mul_(step_k)).mul_(mi)
+        p.index_add_(dim, idx, fix)
 
     # ------------------------------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:
