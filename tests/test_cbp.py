@@ -570,15 +570,19 @@ def test_rate_zero_is_bitwise_plain_backprop() -> None:
     assert cbp.n_replaced == [0, 0]
 
 
-def _run(seed: int) -> tuple:
+def _run(seed: int, opt_name: str = "sgd") -> tuple:
     torch.manual_seed(seed)
     m = mlp(16, seed=seed)
-    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    if opt_name == "sgd":
+        opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    else:  # Adam: the replaced entries' own step counts must survive the checkpoint too
+        opt = torch.optim.Adam(m.parameters(), lr=1e-2, betas=(0.99, 0.99))
     cbp = ContinualBackprop(m, opt, replacement_rate=0.05, maturity_threshold=5, decay_rate=0.9, out_refresh=7)
     return m, opt, cbp
 
 
-def test_seeded_runs_repeat_exactly_and_resume_identically() -> None:
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_seeded_runs_repeat_exactly_and_resume_identically(opt_name: str) -> None:
     batches = data(60)
 
     def go(m: nn.Module, opt: torch.optim.Optimizer, cbp: ContinualBackprop, bs: list) -> None:
@@ -588,7 +592,7 @@ def test_seeded_runs_repeat_exactly_and_resume_identically() -> None:
 
     runs = []
     for _ in range(2):
-        m, opt, cbp = _run(0)
+        m, opt, cbp = _run(0, opt_name)
         go(m, opt, cbp, batches)
         runs.append((m, cbp))
     assert runs[0][1].n_replaced == runs[1][1].n_replaced and sum(runs[0][1].n_replaced) > 5
@@ -596,11 +600,12 @@ def test_seeded_runs_repeat_exactly_and_resume_identically() -> None:
         assert torch.equal(pa, pb)
 
     # interrupted run: 30 steps, checkpoint, rebuild everything, load, 30 more
-    m, opt, cbp = _run(0)
+    m, opt, cbp = _run(0, opt_name)
     go(m, opt, cbp, batches[:30])
+    assert (cbp.state_dict()["adam_entry_ages"] is not None) == (opt_name == "adam")
     ckpt = copy.deepcopy({"model": m.state_dict(), "opt": opt.state_dict(), "cbp": cbp.state_dict(),
                           "rng": torch.get_rng_state()})
-    m2, opt2, cbp2 = _run(99)
+    m2, opt2, cbp2 = _run(99, opt_name)
     m2.load_state_dict(ckpt["model"])
     opt2.load_state_dict(ckpt["opt"])
     cbp2.load_state_dict(ckpt["cbp"])
