@@ -248,6 +248,9 @@ class ContinualBackprop:
                 in_sums.rows_redrawn(idx, before)
             if not g.residual:
                 self._sums[id(g.out_layer)].cols_zeroed(cols)
+            elif not g.silence_at_norm:
+                for o in g.outgoing:
+                    self._sums[id(o)].cols_zeroed(cols)
             s.util.index_fill_(0, idx, 0.0)
             s.mean_act.index_fill_(0, cols, 0.0)
             s.age.index_fill_(0, idx, 0.0)

@@ -14,10 +14,12 @@ and shift are set to 0** (its term in the residual sum is 0 on every path; the s
 outgoing weight) and the consumers are left alone.
 
 What the network computes right after a replacement: what it computed before *without the replaced units*
-(their outgoing weights, or BN scale and shift, set to 0) -- unchanged when a unit was silent (a dead ReLU). Two
-exceptions: with a LayerNorm between the layer and its activation, the new unit's pre-activation enters the
-layer's mean and variance, so every unit of the layer changes; and in train mode a BatchNorm *after* the outgoing
-layer sees different batch statistics (in eval mode, with running statistics, the statement holds exactly).
+(their outgoing weights, or BN scale and shift, set to 0), in train and eval mode -- unchanged when a unit was
+silent (a dead ReLU). Two exceptions: with a LayerNorm between the layer and its activation, the new unit's
+pre-activation enters the layer's mean and variance, so every unit of the layer changes; and a residual unit
+with a ReLU after its BatchNorm (a ResNet stem) cannot be silenced there (ReLU'(0) = 0: it would never learn
+again), so it is treated as the authors did (BN to identity, consumers' input columns 0) and the new unit
+reaches the next block through the skip connection.
 
 Groups are found automatically with ``torch.fx`` (:func:`lopbook.algos.discovery.find_unit_groups`).
 Features are captured by hooks (:class:`FeatureHooks`): for continual backprop, what the outgoing layer
@@ -62,6 +64,9 @@ class UnitGroup:
         residual: the units feed a residual sum (or several layers); a replacement silences them at ``norm``.
         consumers: a residual group's weight layers that read the stream right after it (its utility's
             outgoing weights); empty for a plain group (then ``out_layer`` is the one consumer).
+        silence_at_norm: for a residual group, a replacement sets the BN scale and shift to 0 (True) or, where a
+            ReLU after the BN would then never pass a gradient again (the ResNet stem), resets the BN to
+            identity and zeroes every consumer's input columns (False: the skip path still carries the unit).
     """
 
     name: str
@@ -73,6 +78,7 @@ class UnitGroup:
     extra: dict[str, Any] = field(default_factory=dict)
     residual: bool = False
     consumers: list[nn.Module] = field(default_factory=list)
+    silence_at_norm: bool = True
 
     @property
     def outgoing(self) -> list[nn.Module]:
@@ -336,7 +342,7 @@ def reinit_units(group: UnitGroup, idx: torch.Tensor, init: str = "default",
     if norm is not None:
         if getattr(norm, "weight", None) is not None:
             # a residual unit is silenced here (scale 0): its term in the residual sum is 0 on every path
-            norm.weight.index_fill_(0, idx, 0.0 if group.residual else 1.0)
+            norm.weight.index_fill_(0, idx, 0.0 if group.residual and group.silence_at_norm else 1.0)
             _zero_state(optimizer, norm.weight, idx, 0)
         if getattr(norm, "bias", None) is not None:
             norm.bias.index_fill_(0, idx, 0.0)
@@ -347,6 +353,10 @@ def reinit_units(group: UnitGroup, idx: torch.Tensor, init: str = "default",
     if group.residual:
         if bias_shift is not None:
             raise ValueError(f"bias transfer is not defined for the residual units of '{group.name}'")
+        if not group.silence_at_norm:  # as the authors' ResGnT: zero what reads the unit through weights
+            for layer in group.outgoing:
+                layer.weight.index_fill_(1, idx, 0.0)
+                _zero_state(optimizer, layer.weight, idx, 1)
         return
     w_out = group.out_layer.weight
     cols = group.out_columns(idx)
