@@ -166,3 +166,35 @@ def test_bookkeeping_ends_after_the_horizon_and_checkpoints() -> None:
     assert len(ages._tracks) == 3 and int(ages._tracks[id(m[0].weight)].rows[0]) == 3
     assert entry_ages(torch.optim.SGD(m.parameters(), lr=0.1)) is None
 
+
+
+@pytest.mark.parametrize("betas", BETAS)
+def test_redo_resets_get_fresh_adam_steps_too(betas: tuple[float, float]) -> None:
+    from lopbook.algos.redo import ReDo
+
+    m = net(4)
+    lr = 1e-3
+    opt = torch.optim.AdamW(m.parameters(), lr=lr, betas=betas, weight_decay=1e-2)
+    redo = ReDo(m, opt, threshold=0.05, reset_period=300)
+    gen = torch.Generator().manual_seed(3)
+    w_true = torch.randn(3, 2, generator=gen)
+    moves, prev = [], None
+    for t in range(500):
+        if t == 298:  # unit 2 of the first layer goes dormant just before the reset step
+            with torch.no_grad():
+                m[0].weight[2], m[0].bias[2] = 0.0, 0.0
+        x = torch.randn(32, 3, generator=gen)
+        opt.zero_grad()
+        F.mse_loss(m(x), torch.sin(x @ w_true)).backward()
+        opt.step()
+        w = m[2].weight.detach()
+        if prev is not None:
+            moves.append((w[:, 2] - prev).abs() / lr)
+        if redo.step():
+            assert 2 in torch.nonzero(redo.last_scores[0] <= 0.05).flatten().tolist()
+            prev = w[:, 2].clone()
+        elif prev is not None:
+            prev = w[:, 2].clone()
+    moves = torch.stack(moves)
+    assert len(moves) == 200 and moves.max() <= 1.5
+    assert torch.allclose(moves[0], torch.ones_like(moves[0]), atol=0.03)
