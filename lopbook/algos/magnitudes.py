@@ -51,11 +51,9 @@ class LayerSums:
             slices = [step % self.n_slices]
         for s in slices:
             a, b = self._bounds(s)
-            r, c = abs_sums(w[a:b], self.want_rows, self.want_cols)
-            if r is not None:
-                self.row[a:b] = r
-            if c is not None:
-                self.col_parts[s] = c
+            abs_sums(w[a:b], self.want_rows, self.want_cols,
+                     out_rows=self.row[a:b] if self.want_rows else None,
+                     out_cols=self.col_parts[s] if self.want_cols else None)
 
     @property
     def col(self) -> torch.Tensor:

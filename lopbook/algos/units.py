@@ -164,24 +164,43 @@ def column_abs_sum(w: torch.Tensor, rows: torch.Tensor | None = None) -> torch.T
     return abs_sums(w, rows=False, cols=True)[1]
 
 
-def abs_sums(w: torch.Tensor, rows: bool = True, cols: bool = True) -> tuple[torch.Tensor | None,
-                                                                           torch.Tensor | None]:
+_WORKSPACE: dict[tuple, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = {}
+
+
+def _workspace(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """A reusable |chunk| buffer and ones vectors for weights shaped like ``w`` (CPU): no allocation per call."""
+    key = (tuple(w.shape[1:]), w.dtype)
+    if key not in _WORKSPACE:
+        _WORKSPACE[key] = (torch.empty((_CHUNK, *w.shape[1:]), dtype=w.dtype),
+                           torch.ones(w.shape[1], dtype=w.dtype) if w.dim() == 2 else None,
+                           torch.ones(_CHUNK, dtype=w.dtype))
+    return _WORKSPACE[key]
+
+
+def abs_sums(w: torch.Tensor, rows: bool = True, cols: bool = True, out_rows: torch.Tensor | None = None,
+             out_cols: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """``Σ|w|`` per output row and/or per input column of a weight, in one pass over it.
 
-    Rows sum over inputs and kernel positions, columns over outputs and kernel positions. On the CPU the weight
-    is read in cache-sized chunks through one small buffer: no |w|-sized temporary (allocating one costs page
-    faults on every call, and on a memory-bound batch-1 step this read is continual backprop's main cost).
+    Rows sum over inputs and kernel positions, columns over outputs and kernel positions; ``out_rows`` and
+    ``out_cols`` receive them if given. On the CPU the weight is read in cache-sized chunks through one small
+    reused buffer: no |w|-sized temporary (allocating one costs page faults on every call, and on a
+    memory-bound batch-1 step this read is continual backprop's main cost).
     """
     w = w.detach()
     col_dims = [0, *range(2, w.dim())]
     if w.device.type != "cpu" or w.shape[0] <= _CHUNK:
         a = w.abs()
-        return (a.flatten(1).sum(1) if rows else None), (a.sum(col_dims) if cols else None)
-    buf = torch.empty((_CHUNK, *w.shape[1:]), dtype=w.dtype)
-    r = torch.empty(w.shape[0], dtype=w.dtype) if rows else None
-    c = torch.zeros(w.shape[1], dtype=w.dtype) if cols else None
-    ones_in = torch.ones(w.shape[1], dtype=w.dtype) if w.dim() == 2 else None
-    ones_chunk = torch.ones(_CHUNK, dtype=w.dtype)
+        r = c = None
+        if rows:
+            r = torch.sum(a.flatten(1), 1, out=out_rows) if out_rows is not None else a.flatten(1).sum(1)
+        if cols:
+            c = torch.sum(a, col_dims, out=out_cols) if out_cols is not None else a.sum(col_dims)
+        return r, c
+    buf, ones_in, ones_chunk = _workspace(w)
+    r = (out_rows if out_rows is not None else torch.empty(w.shape[0], dtype=w.dtype)) if rows else None
+    c = None
+    if cols:
+        c = out_cols.zero_() if out_cols is not None else torch.zeros(w.shape[1], dtype=w.dtype)
     for i in range(0, w.shape[0], _CHUNK):
         chunk = w[i:i + _CHUNK]
         k = chunk.shape[0]
