@@ -151,13 +151,13 @@ class ContinualBackprop:
         g, s = self.groups[i], self.states[i]
         dims = g.feature_dims(h)
         out = {"abs": g.mean_abs(h)}
-        if self._need_mean:
-            out["mean"] = h.mean(dims, dtype=torch.float32)
+        if self._need_mean:  # mean h = mean |h| for non-negative features
+            out["mean"] = out["abs"] if g.nonnegative else h.mean(dims, dtype=torch.float32)
         if self.utility == "adaptable_contribution":
             eta = self.decay_rate
-            ma = s.mean_act * eta + out["mean"] * (1 - eta)
+            ma = torch.lerp(s.mean_act, out["mean"], 1 - eta)  # η·mean_act + (1 − η)·mean
             if self.bias_correction:
-                ma = ma / (1 - eta ** (self._per_column(g, s.age) + 1))
+                ma.div_(self._per_column(g, 1 - eta ** (s.age + 1)))
             shape = [1] * h.dim()
             shape[g.feature_axis(h)] = -1
             out["dev"] = (h - ma.to(h.dtype).view(shape)).abs().mean(dims, dtype=torch.float32)
