@@ -17,7 +17,7 @@ increment trains for ``epochs`` passes over the training images of all classes s
   images of the active classes, and mean |p| over all parameters.
 
 Methods (all with SGD momentum 0.9 and weight decay 5e-4, as every upstream config): ``bp`` (the base system),
-``cbp`` (ρ 1e-5, m 1000, η 0.99, contribution utility, block-internal units), ``snp`` (σ 1e-5 on all parameters),
+``cbp`` (ρ 1e-5, m 1000, η 0.99, contribution utility, the 17 hidden layers), ``snp`` (σ 1e-5 on all parameters),
 ``head_reset`` (fc re-initialised when classes are added) and ``retrain`` (the whole network re-initialised when
 classes are added — the reference for "relative accuracy"). lopbook clears the optimiser state of whatever it
 re-initialises (upstream kept the momentum).
