@@ -1,4 +1,4 @@
-"""Plasticity metrics with the paper's exact definitions (``upstream-spec.md`` §2.6, ``anchors.md`` §1.4).
+"""Plasticity metrics with the paper's exact definitions (its Methods section).
 
 Notation: ``Φ`` is an ``N x d`` feature matrix (N probe inputs, d units of one hidden layer, post-activation) and
 ``σ_1 >= ... >= σ_m`` its singular values. Conv features ``(N, C, H, W)`` have one unit per channel: unit-wise

@@ -1,4 +1,4 @@
-"""Batched on-device image augmentation (CIFAR protocol, ``upstream-spec.md`` §2.4).
+"""Batched on-device image augmentation (the paper's CIFAR protocol).
 
 Every function takes a whole ``(N, C, H, W)`` batch and a ``torch.Generator`` and does one set of tensor ops
 for the batch (no per-sample Python), so it runs at GPU speed and repeats exactly under a seed.
@@ -82,7 +82,7 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None, *, paddin
     """The CIFAR training augmentation: reflect-padded random crop, horizontal flip, optional rotation.
 
     ``rotation_deg > 0`` adds upstream's one-sided rotation by ``U[0, rotation_deg]`` degrees. Never apply this
-    to test or validation data (upstream augmented its test set; lopbook does not, ``upstream-spec.md`` §4.3).
+    to test or validation data (upstream augmented its test set; lopbook does not, see the book's differences appendix).
     """
     out = random_crop(x, padding, generator)
     out = random_flip(out, flip_p, generator)

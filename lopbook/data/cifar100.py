@@ -1,4 +1,4 @@
-"""CIFAR-100 in the official python pickle format, split and normalised as in the paper (``upstream-spec.md`` §2.4).
+"""CIFAR-100 in the official python pickle format, split and normalised as in the paper.
 
 Expected layout (what ``cifar-100-python.tar.gz`` from https://www.cs.toronto.edu/~kriz/cifar.html unpacks to)::
 

@@ -1,4 +1,4 @@
-"""Downsampled ImageNet 32x32 for the Continual ImageNet experiment (``upstream-spec.md`` §2.3, §8.1).
+"""Downsampled ImageNet 32x32 for the Continual ImageNet experiment.
 
 Two layouts are accepted under ``root``:
 

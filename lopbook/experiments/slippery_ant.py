@@ -1,4 +1,4 @@
-"""Slippery Ant (paper Fig. 3; upstream-spec §2.5): PPO on Ant whose friction changes every ``change_every`` steps.
+"""Slippery Ant (paper Fig. 3): PPO on Ant whose friction changes every ``change_every`` steps.
 
 Each (method, seed) run trains one PPO agent (:class:`lopbook.rl.ppo.PPO`) for ``total_steps`` env steps.
 Friction is redrawn log-uniformly in [0.02, 2] at the first episode end after every ``change_every`` steps,

@@ -1,6 +1,6 @@
 """Fully connected networks with activations as modules (so forward hooks see every hidden feature).
 
-Initialisation follows the authors' code (``upstream-spec.md`` §2.1, §2.2, §1.10):
+Initialisation follows the authors' code (the paper's Methods; the differences appendix of the book lists where lopbook departs):
 
 - ``init="kaiming"`` (SCR, permuted MNIST): hidden weights ``U(-b, b)`` with ``b = gain * sqrt(3 / fan_in)``
   where ``gain = torch.nn.init.calculate_gain(activation)``; swish/silu, elu and gelu use ReLU's gain (torch has

@@ -1,4 +1,4 @@
-"""PPO networks of the RL experiments (``upstream-spec.md`` §1.10).
+"""PPO networks of the RL experiments (the paper's Methods, RL section).
 
 Both are MLPs ``obs_dim -> 256 -> 256 -> out`` with ReLU and LeCun-uniform initialisation on every layer
 (``U(±sqrt(3 / fan_in))``), biases 0. The policy is Gaussian with a state-independent, learnable ``log_std``

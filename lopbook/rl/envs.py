@@ -7,7 +7,7 @@ friction by the element-wise **maximum** (same priority), so only changing the f
 friction at the legs' 1.0; we therefore set the sliding friction of **all** geoms, which is what the upstream
 XML edit of the *default* geom did for Ant.
 
-Fixed relative to upstream (upstream-spec §4.3 item 12): the friction logged is the one actually in effect
+Fixed relative to upstream (see the book's differences appendix): the friction logged is the one actually in effect
 (upstream always logged 1.0), and the env is seeded.
 """
 

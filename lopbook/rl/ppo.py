@@ -1,4 +1,4 @@
-"""A readable PPO for continuous control, in CleanRL's style, with the paper's settings (upstream-spec §1.10).
+"""A readable PPO for continuous control, in CleanRL's style, with the paper's settings.
 
 One screen per idea: :meth:`PPO.collect` (rollout), :func:`gae` (advantages), :meth:`PPO.update` (clipped
 surrogate + value loss, minibatch by minibatch, each followed by the plasticity methods' ``step()``).
@@ -9,7 +9,7 @@ MSE with **no value coefficient and no entropy bonus**; one Adam (lr 1e-4, const
 and ``log_std``; no gradient clipping; no observation or reward normalisation; sampled actions go to the env
 unclipped (MuJoCo clamps controls itself; the control cost sees the raw action, as upstream).
 
-Deviation from upstream (documented, upstream-spec §4.3 item 12): upstream treated the 1000-step time limit as
+Deviation from upstream (documented in the book's differences appendix): upstream treated the 1000-step time limit as
 termination. Here a **truncated** episode bootstraps from ``V(final observation)``; only a true termination
 (the ant falls) cuts the return. ``bootstrap_truncation=False`` restores upstream's behaviour.
 """
