@@ -43,13 +43,38 @@ def test_quick_preset_runs_and_records_per_task_curves():
     res = run_experiment("permuted_mnist", "quick", mode="quick", progress=False, overrides={"num_tasks": 3})
     labels = list(res["labels"])
     assert labels == ["bp", "cbp"]
-    for key in ("acc", "loss", "dead", "erank", "srank", "wmag", "dormant"):
+    for key in ("acc", "loss", "dead", "erank", "srank", "wmag", "dormant", "replaced"):
         assert res[key].shape == (2, 2, 3), key
     assert ((res["acc"] > 0.2) & (res["acc"] <= 1)).all()  # 10 classes: well above chance after one pass
     assert (res["erank"] > 0).all() and (res["erank"] <= 1).all()
     assert res.meta["dataset"]["stand_in"] is True
     # same seed, same init and data order: BP and CBP see identical first-task probes (before any training)
     np.testing.assert_allclose(res["wmag"][0, :, 0], res["wmag"][1, :, 0])
+    assert (res["replaced"][0] == 0).all() and (res["replaced"][1] > 0).all()  # CBP replaces, BP does not
+
+
+def test_engine_and_stacked_trainers_give_the_same_bp_run():
+    over = {"num_tasks": 2, "methods": {"bp": {"name": "bp"}}, "batch_size": 4}
+    eng = run_experiment("permuted_mnist", "quick", mode="quick", progress=False, seeds=[1],
+                         overrides={**over, "trainer": "engine"})
+    stk = run_experiment("permuted_mnist", "quick", mode="quick", progress=False, seeds=[1], overrides=over)
+    np.testing.assert_allclose(stk["acc"], eng["acc"], atol=1e-9)
+    for key in ("loss", "erank", "wmag", "dead"):
+        np.testing.assert_allclose(stk[key], eng[key], rtol=1e-4, atol=1e-6)
+
+
+def test_cpu_preset_scales_cbp_to_the_papers_replaced_fraction():
+    exp = get("permuted_mnist")
+    cfg = exp.preset_config("cpu")
+    assert cfg.trainer == "stacked" and cfg.batch_size == 1 and cfg.num_tasks >= 100
+    cbp = cfg.methods["cbp"]
+    # paper: rho 1e-6 x 60,000 steps per task = 6% of a layer per task; here 5,000 steps per task
+    assert cbp["replacement_rate"] * 5000 == pytest.approx(1e-6 * 60_000)
+    assert {m["name"] for m in cfg.methods.values()} == {"bp", "l2", "snp", "cbp"}
+    with pytest.raises(ConfigError, match="Adam"):
+        exp.make_config({"trainer": "stacked", "methods": {"adam": {"name": "bp", "optimizer": "adam"}}})
+    with pytest.raises(ConfigError, match="stacked"):
+        exp.make_config({"reg_every": 5})
 
 
 def test_full_preset_without_mnist_fails_with_the_fix(tmp_path):

@@ -157,7 +157,7 @@ class StackedCBP:
 
         Returns the number of units replaced in this step (over runs and layers).
         """
-        sl, net, eta = self.runs, self.net, self.eta
+        sl, eta = self.runs, self.eta
         self.steps += 1
         if self._fused:
             return self._fused_step(hidden)
