@@ -93,3 +93,18 @@ def test_config_errors_name_the_problem():
     with pytest.raises(ConfigError, match="name"):
         exp.make_config({"methods": {"x": {"lr": 1}}})
     assert exp.presets["full"].paper_scale and exp.make_config({}).hidden == [2000, 2000, 2000]
+
+
+def test_window_statistics_by_hand():
+    from lopbook.experiments.permuted_mnist import paired_ci, plasticity_summary, window_means
+
+    np.testing.assert_allclose(window_means(np.array([1.0, 2.0, 3.0, 4.0]), 2), [1.5, 2.5, 3.5])
+    m, lo, hi = paired_ci(np.array([1.0, 2.0, 3.0]))  # mean 2, sd 1, t(0.975, 2) = 4.303
+    assert m == 2.0 and hi - m == pytest.approx(4.3027 / np.sqrt(3), rel=1e-4) and lo == pytest.approx(4 - hi)
+    # two methods, two seeds, ten tasks: "bp" rises to 0.9 at tasks 3-4 then falls to 0.7; "cbp" stays at 0.9
+    bp = np.array([0.5, 0.8, 0.9, 0.9, 0.85, 0.8, 0.8, 0.75, 0.7, 0.7])
+    acc = np.stack([np.stack([bp, bp - 0.02]), np.full((2, 10), 0.9)])
+    s = plasticity_summary(acc, ["bp", "cbp"], frac=0.2)  # windows of 2 tasks
+    assert s["bp"]["window"] == 2 and s["bp"]["best_task"] == 2  # tasks 3-4
+    assert s["bp"]["drop"] == pytest.approx(0.2) and s["bp"]["drop_lo"] == pytest.approx(0.2)  # no spread
+    assert s["cbp"]["vs_ref"] == pytest.approx(0.21) and s["cbp"]["drop"] == pytest.approx(0.0)

