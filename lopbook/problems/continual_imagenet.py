@@ -48,6 +48,11 @@ METHODS: dict[str, dict[str, Any]] = {
     "l2": {"model": "convnet", "lr": 0.03, "spec": {"name": "l2", "weight_decay": 3e-6}},
     "snp": {"model": "convnet", "lr": 0.01, "spec": {"name": "snp", "noise_std": 1e-5, "weight_decay": 1e-5}},
     "linear": {"model": "linear", "lr": 0.01, "spec": {"name": "bp"}},
+    # not in the paper: BP and CBP at L2's step size 0.03, to tell the step size's effect from the penalty's
+    "bp_0.03": {"model": "convnet", "lr": 0.03, "spec": {"name": "bp"}},
+    "cbp_0.03": {"model": "convnet", "lr": 0.03,
+                 "spec": {"name": "cbp", "replacement_rate": 3e-4, "maturity_threshold": 100, "decay_rate": 0.99,
+                          "utility": "adaptable_contribution"}},
 }
 SOURCES = ("imagenet32", "mnist_standin", "digit_groups")
 PAPER_LINEAR_BASELINE = 77.1  # % (the authors' hard-coded line; paper Fig. 1b)
