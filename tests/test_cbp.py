@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lopbook.algos.cbp import ContinualBackprop, utility_trace
-from lopbook.algos.units import UnitDiscoveryError, find_unit_groups, init_bound
+from lopbook.algos.units import UnitDiscoveryError, abs_sums, find_unit_groups, init_bound
 
 torch.set_num_threads(1)
 
@@ -106,6 +106,28 @@ def test_discovery_on_library_nets_and_custom_activations() -> None:
 
     m = nn.Sequential(nn.Linear(3, 4), Cube(), nn.Linear(4, 1))
     assert [g.name for g in ContinualBackprop(m, None).groups] == ["0"]
+
+
+class _Skip(nn.Module):
+    """x -> a -> [bn] -> relu -> (+ x) -> relu -> out: a unit of `a` also reaches `out` through the skip."""
+
+    def __init__(self, bn: bool) -> None:
+        super().__init__()
+        self.a, self.out = nn.Linear(4, 4), nn.Linear(4, 1)
+        self.bn = nn.BatchNorm1d(4) if bn else nn.Identity()
+        self.r1, self.r2 = nn.ReLU(), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.r2(self.r1(self.bn(self.a(x))) + x))
+
+
+def test_discovery_of_units_that_feed_a_residual_sum() -> None:
+    groups, skipped = find_unit_groups(_Skip(bn=True))
+    assert [(g.name, g.residual, g.extra["consumer_names"]) for g in groups] == [("a", True, ["out"])]
+    with pytest.raises(UnitDiscoveryError, match="no BatchNorm"):
+        find_unit_groups(_Skip(bn=False))  # nothing can silence `a`'s units on the skip path
+    with pytest.raises(ValueError, match="residual"):
+        ContinualBackprop(_Skip(bn=True), None, bias_transfer=True)
 
 
 def test_deepcopied_model_does_not_feed_the_original_hooks() -> None:
@@ -264,6 +286,39 @@ def test_adaptable_contribution_prefers_constant_units() -> None:
     assert chosen["contribution"] != [2]
 
 
+@pytest.mark.parametrize("utility", ["contribution", "adaptable_contribution"])
+def test_conv_utility_is_measured_on_what_the_next_layer_consumes(utility: str) -> None:
+    """Conv units are scored on their pooled maps (the next layer's input), conv -> linear per position."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 4, 3), nn.ReLU(),
+                      nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 2 * 2, 5), nn.ReLU(), nn.Linear(5, 1))
+    x = torch.randn(6, 2, 14, 14)
+    cbp = ContinualBackprop(m, None, replacement_rate=0.0, decay_rate=0.0, utility=utility)
+    m(x).sum().backward()
+    cbp.step()
+    with torch.no_grad():
+        a1 = torch.relu(m[0](x))                      # (6, 3, 12, 12) before pooling
+        p1 = F.max_pool2d(a1, 2)                      # (6, 3, 6, 6): what conv 3 reads
+        p2 = F.max_pool2d(torch.relu(m[3](p1)), 2)    # (6, 4, 2, 2): flattened into the Linear
+        w3, w7 = m[3].weight, m[7].weight             # (4, 3, 3, 3), (5, 16)
+        if utility == "contribution":
+            stat1 = p1.abs().mean((0, 2, 3))                       # per channel
+            stat2 = p2.abs().mean(0).reshape(4, 4)                 # per channel and position
+        else:  # decay 0: the running mean is this batch's mean, per channel / per flattened position
+            stat1 = (p1 - p1.mean((0, 2, 3), keepdim=True)).abs().mean((0, 2, 3))
+            stat2 = (p2 - p2.mean(0, keepdim=True)).abs().mean(0).reshape(4, 4)
+        u1 = stat1 * w3.abs().sum((0, 2, 3))
+        u2 = (stat2 * w7.abs().sum(0).reshape(4, 4)).sum(1)   # per-position products, summed over positions
+        if utility == "adaptable_contribution":
+            u1 = u1 / m[0].weight.abs().flatten(1).mean(1)
+            u2 = u2 / m[3].weight.abs().flatten(1).mean(1)
+        unpooled = a1.abs().mean((0, 2, 3)) * w3.abs().sum((0, 2, 3))
+    assert torch.allclose(cbp.utilities()[0], u1, rtol=1e-5)
+    assert torch.allclose(cbp.utilities()[1], u2, rtol=1e-5)
+    if utility == "contribution":  # the pre-pooling measure is a different number
+        assert not torch.allclose(unpooled, u1, rtol=0.05)
+
+
 def test_outgoing_magnitude_matches_reference() -> None:
     torch.manual_seed(0)  # wide consumers take the chunked CPU path
     m = nn.Sequential(nn.Conv2d(3, 10, 3), nn.ReLU(), nn.Conv2d(10, 150, 3), nn.ReLU(), nn.Flatten(),
@@ -274,6 +329,9 @@ def test_outgoing_magnitude_matches_reference() -> None:
     assert torch.allclose(g2.out_magnitude(), m[7].weight.abs().sum(0))
     rows = torch.tensor([3, 70, 149])
     assert torch.allclose(g1.out_magnitude(rows), m[5].weight[rows].abs().sum(0).view(150, 4).sum(1))
+    for w in (m[2].weight, m[5].weight):  # one chunked pass for both row and column sums
+        r, c = abs_sums(w)
+        assert torch.allclose(r, w.abs().flatten(1).sum(1)) and torch.allclose(c, w.abs().sum([0, *range(2, w.dim())]))
 
 
 def test_out_refresh_reuses_outgoing_magnitude() -> None:
@@ -289,7 +347,7 @@ def test_out_refresh_reuses_outgoing_magnitude() -> None:
                 train_step(m, opt, x, y)
                 cbp.step()
             utils[lr, refresh] = cbp.utilities()[0]
-    assert torch.equal(utils[0.0, 1], utils[0.0, 4])  # constant weights: caching changes nothing
+    assert torch.allclose(utils[0.0, 1], utils[0.0, 4], rtol=1e-6)  # constant weights: caching changes nothing
     assert not torch.allclose(utils[0.1, 1], utils[0.1, 4], rtol=1e-6, atol=0)
     assert torch.allclose(utils[0.1, 1], utils[0.1, 4], rtol=0.2)  # but only slightly
     # replacements keep the cache exact (lr 0: only CBP changes weights), without re-reading the matrices
@@ -300,8 +358,33 @@ def test_out_refresh_reuses_outgoing_magnitude() -> None:
         train_step(m, opt, x, y)
         cbp.step()
     assert min(cbp.n_replaced) >= 5
-    for g, cached in zip(cbp.groups, cbp._out_mag, strict=True):
-        assert torch.allclose(cached, g.out_magnitude(), atol=1e-5)
+    for i, g in enumerate(cbp.groups):
+        assert torch.allclose(cbp.out_magnitude(i), g.out_magnitude(per_column=True), atol=1e-5)
+
+
+def test_out_refresh_rereads_a_rotating_slice_of_rows() -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 1))
+    cbp = ContinualBackprop(m, None, replacement_rate=0.0, utility="adaptable_contribution", out_refresh=2)
+    x = torch.randn(5, 4)
+
+    def step() -> None:
+        m(x).sum().backward()
+        cbp.step()
+
+    step()  # first step: everything read
+    w = m[2].weight  # group 0's outgoing layer (slices: rows 0-4, 5-9) and group 1's incoming layer
+    old_cols, old_rows = w.detach().abs().sum(0), w.detach().abs().sum(1)
+    with torch.no_grad():
+        w.add_(torch.sign(w))  # every |w| grows by exactly 1
+    step()  # step 2 re-reads slice 1 (rows 5-9) only
+    assert torch.allclose(cbp.out_magnitude(0), old_cols + 5)
+    expected_rows = old_rows.clone()
+    expected_rows[5:] += 6
+    assert torch.allclose(cbp.in_magnitude(1) * 6, expected_rows)
+    step()  # step 3: slice 0 -> exact again
+    assert torch.allclose(cbp.out_magnitude(0), w.detach().abs().sum(0))
+    assert torch.allclose(cbp.in_magnitude(1), w.detach().abs().mean(1))
 
 
 # -------------------------------------------------------------------------------- function invariance
@@ -350,6 +433,23 @@ def test_output_unchanged_conv_flatten_linear() -> None:
     cbp = ContinualBackprop(m, opt, replacement_rate=0.2, maturity_threshold=1, decay_rate=0.9)
     batches = data(6, shape=(3, 14, 14), out=3)
     assert _check_invariance(m, cbp, opt, batches, torch.randn(4, 3, 14, 14)) >= 4
+
+
+def test_layernorm_makes_a_replacement_change_the_other_units() -> None:
+    """The documented exception: the new unit's pre-activation enters the LayerNorm statistics of its layer."""
+    from lopbook.nets import MLP
+
+    torch.manual_seed(0)
+    m = MLP(4, [16, 16], 1, layer_norm=True)
+    opt = torch.optim.SGD(m.parameters(), lr=0.0)
+    cbp = ContinualBackprop(m, opt, replacement_rate=1 / 16, maturity_threshold=0, decay_rate=0.9)
+    x = torch.randn(32, 4)
+    train_step(m, opt, x, torch.zeros(32, 1))
+    before = copy.deepcopy(m)
+    assert cbp.step() == 2
+    with torch.no_grad():
+        diff = (m(x) - _ablated_output(before, cbp, cbp.last_replaced, x)).abs().max().item()
+    assert diff > 1e-3
 
 
 def test_dead_unit_replacement_leaves_output_exactly_unchanged() -> None:
@@ -470,15 +570,19 @@ def test_rate_zero_is_bitwise_plain_backprop() -> None:
     assert cbp.n_replaced == [0, 0]
 
 
-def _run(seed: int) -> tuple:
+def _run(seed: int, opt_name: str = "sgd") -> tuple:
     torch.manual_seed(seed)
     m = mlp(16, seed=seed)
-    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    if opt_name == "sgd":
+        opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    else:  # Adam: the replaced entries' own step counts must survive the checkpoint too
+        opt = torch.optim.Adam(m.parameters(), lr=1e-2, betas=(0.99, 0.99))
     cbp = ContinualBackprop(m, opt, replacement_rate=0.05, maturity_threshold=5, decay_rate=0.9, out_refresh=7)
     return m, opt, cbp
 
 
-def test_seeded_runs_repeat_exactly_and_resume_identically() -> None:
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_seeded_runs_repeat_exactly_and_resume_identically(opt_name: str) -> None:
     batches = data(60)
 
     def go(m: nn.Module, opt: torch.optim.Optimizer, cbp: ContinualBackprop, bs: list) -> None:
@@ -488,7 +592,7 @@ def test_seeded_runs_repeat_exactly_and_resume_identically() -> None:
 
     runs = []
     for _ in range(2):
-        m, opt, cbp = _run(0)
+        m, opt, cbp = _run(0, opt_name)
         go(m, opt, cbp, batches)
         runs.append((m, cbp))
     assert runs[0][1].n_replaced == runs[1][1].n_replaced and sum(runs[0][1].n_replaced) > 5
@@ -496,11 +600,12 @@ def test_seeded_runs_repeat_exactly_and_resume_identically() -> None:
         assert torch.equal(pa, pb)
 
     # interrupted run: 30 steps, checkpoint, rebuild everything, load, 30 more
-    m, opt, cbp = _run(0)
+    m, opt, cbp = _run(0, opt_name)
     go(m, opt, cbp, batches[:30])
+    assert (cbp.state_dict()["adam_entry_ages"] is not None) == (opt_name == "adam")
     ckpt = copy.deepcopy({"model": m.state_dict(), "opt": opt.state_dict(), "cbp": cbp.state_dict(),
                           "rng": torch.get_rng_state()})
-    m2, opt2, cbp2 = _run(99)
+    m2, opt2, cbp2 = _run(99, opt_name)
     m2.load_state_dict(ckpt["model"])
     opt2.load_state_dict(ckpt["opt"])
     cbp2.load_state_dict(ckpt["cbp"])

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lopbook.algos.cbp import ContinualBackprop
+from lopbook.algos.units import find_unit_groups, reinit_units
 from lopbook.nets.resnet import BasicBlock, ResNet18
 
 torch.set_num_threads(1)
@@ -35,47 +36,127 @@ def test_architecture_matches_paper_variant() -> None:
     assert 11_150_000 < sum(p.numel() for p in net.parameters()) < 11_250_000  # ~11.2M, the usual CIFAR ResNet-18
 
 
-def test_cbp_groups_are_block_internal_units() -> None:
+HIDDEN = ["conv1"] + [f"layer{s}.{b}.conv{c}" for s in range(1, 5) for b in range(2) for c in (1, 2)]
+
+
+def test_cbp_covers_the_17_hidden_layers() -> None:
     cbp = ContinualBackprop(ResNet18(10, widths=(4, 8, 8, 16)), None)
-    assert [g.name for g in cbp.groups] == [f"layer{s}.{b}.conv1" for s in range(1, 5) for b in range(2)]
-    assert all(g.out_layer.kernel_size == (3, 3) and isinstance(g.norm, nn.BatchNorm2d) for g in cbp.groups)
-    # stem, block outputs and downsample convs feed residual sums: not replaceable
-    assert "consumers" in cbp.skipped["conv1"] and "residual" in cbp.skipped["layer2.0.downsample.0"]
-    assert "residual" in cbp.skipped["layer4.1.conv2"] and cbp.skipped["fc"] == "output layer"
+    assert [g.name for g in cbp.groups] == HIDDEN
+    groups = {g.name: g for g in cbp.groups}
+    # block-internal units: plain groups (zero conv2's input channels)
+    for s in range(1, 5):
+        for b in range(2):
+            g = groups[f"layer{s}.{b}.conv1"]
+            assert not g.residual and g.extra["out_name"] == f"layer{s}.{b}.conv2"
+    # stem and block ends feed the residual stream: silenced at their BN, consumers = what reads the stream next
+    assert all(groups[n].residual and isinstance(groups[n].norm, nn.BatchNorm2d) for n in HIDDEN if n.endswith("2"))
+    assert groups["conv1"].residual and groups["conv1"].extra["consumer_names"] == ["layer1.0.conv1"]
+    # the stem's ReLU comes after its BN: silencing there would leave the unit without gradient (ReLU'(0) = 0)
+    assert not groups["conv1"].silence_at_norm
+    assert all(groups[n].silence_at_norm for n in HIDDEN if n.endswith("2"))
+    assert groups["layer1.0.conv2"].extra["consumer_names"] == ["layer1.1.conv1"]
+    assert sorted(groups["layer1.1.conv2"].extra["consumer_names"]) == ["layer2.0.conv1", "layer2.0.downsample.0"]
+    assert groups["layer4.1.conv2"].extra["consumer_names"] == ["fc"]
+    assert set(cbp.skipped) == {"layer2.0.downsample.0", "layer3.0.downsample.0", "layer4.0.downsample.0", "fc"}
 
 
-def test_output_unchanged_after_replacement_in_eval_mode() -> None:
+def _ablate(net: nn.Module, cbp: ContinualBackprop, replaced: list) -> nn.Module:
+    """The pre-replacement network without the replaced units: plain units' outgoing channels 0, residual
+    units' BN scale and shift 0."""
+    ref = copy.deepcopy(net)
+    mods = dict(ref.named_modules())
+    with torch.no_grad():
+        for g, idx in zip(cbp.groups, replaced, strict=True):
+            if idx is None:
+                continue
+            if g.residual:
+                mods[g.name.replace("conv", "bn")].weight[idx] = 0.0
+                mods[g.name.replace("conv", "bn")].bias[idx] = 0.0
+            else:
+                mods[g.extra["out_name"]].weight[:, idx] = 0.0
+    return ref
+
+
+def test_replacement_removes_exactly_the_replaced_units_in_every_layer() -> None:
+    """After a replacement the net computes what it did without the replaced units, in eval *and* train mode,
+    for the block-internal and the residual (block-end) units alike; the residual units' consumers are
+    untouched, and a silenced unit learns again (its BN scale gets a gradient)."""
     torch.manual_seed(0)
     net = ResNet18(10, widths=(8, 16, 16, 32))
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    groups = [g for g in find_unit_groups(net)[0] if g.name != "conv1"]  # the stem: see the next test
     cbp = ContinualBackprop(net, opt, replacement_rate=0.1, maturity_threshold=1, decay_rate=0.99,
-                            init="kaiming_normal")
+                            init="kaiming_normal", groups=groups)
     x, y = torch.randn(6, 3, 16, 16), torch.randint(0, 10, (6,))
     x_eval = torch.randn(3, 3, 16, 16)
-    checked = 0
+    hit: set[str] = set()
     for _ in range(4):
         net.train()
         loss = F.cross_entropy(net(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        ref = copy.deepcopy(net).eval()
+        before = copy.deepcopy(net)
+        consumers_before = {n: m.weight.detach().clone() for n, m in net.named_modules()
+                            if isinstance(m, (nn.Conv2d, nn.Linear))}
         if cbp.step() == 0:
             continue
-        mods = dict(ref.named_modules())
-        with torch.no_grad():  # the reference: the old network with the replaced units' outgoing weights cut
-            for g, idx in zip(cbp.groups, cbp.last_replaced, strict=True):
-                if idx is not None:
-                    mods[g.extra["out_name"]].weight[:, idx] = 0.0
-            expected = ref(x_eval)
-            got = net.eval()(x_eval)
-        assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+        ref = _ablate(before, cbp, cbp.last_replaced)
+        with torch.no_grad():
+            for mode in ("eval", "train"):  # train: batch statistics; on copies, so running stats stay put
+                a, b = copy.deepcopy(net), copy.deepcopy(ref)
+                a.train(mode == "train")
+                b.train(mode == "train")
+                assert torch.allclose(a(x_eval), b(x_eval), atol=1e-5, rtol=1e-5), mode
+        mods = dict(net.named_modules())
         for g, idx in zip(cbp.groups, cbp.last_replaced, strict=True):
-            if idx is not None:  # BN channel back to identity
-                assert (g.norm.weight[idx] == 1).all() and (g.norm.running_var[idx] == 1).all()
-                assert (opt.state[g.in_layer.weight]["momentum_buffer"][idx] == 0).all()
-        checked += 1
-    assert checked >= 2
+            if idx is None:
+                continue
+            hit.add("residual" if g.residual else "plain")
+            assert (g.in_layer.bias[idx] == 0).all() and (g.norm.running_var[idx] == 1).all()
+            assert (opt.state[g.in_layer.weight]["momentum_buffer"][idx] == 0).all()
+            if g.residual:  # silenced at the BN; the weights that read the stream keep their values
+                assert (g.norm.weight[idx] == 0).all() and (g.norm.bias[idx] == 0).all()
+                for name in g.extra["consumer_names"]:
+                    if not any(o.name == name and last is not None  # (unless redrawn as rows themselves)
+                               for o, last in zip(cbp.groups, cbp.last_replaced, strict=True)):
+                        assert torch.equal(mods[name].weight, consumers_before[name])
+            else:
+                assert (g.norm.weight[idx] == 1).all() and (g.out_layer.weight[:, idx] == 0).all()
+        revived = [(g, idx) for g, idx in zip(cbp.groups, cbp.last_replaced, strict=True)
+                   if idx is not None and g.residual]
+    assert hit == {"plain", "residual"}
+    net.train()
+    opt.zero_grad()
+    F.cross_entropy(net(x), y).backward()
+    assert any(g.norm.weight.grad[idx].abs().max() > 0 for g, idx in revived)
+
+
+def test_stem_units_are_replaced_as_the_authors_do_and_stay_trainable() -> None:
+    """A stem unit (conv -> BN -> ReLU -> block 1 and its shortcut) silenced at its BN would be dead for good:
+    ReLU'(0) = 0 leaves its BN scale without gradient. So it is replaced as in the authors' ResGnT: BN to
+    identity, next conv's input channel 0; the new channel still reaches block 1 through the shortcut, the one
+    place where a replacement changes the function."""
+    torch.manual_seed(1)
+    net = ResNet18(10, widths=(8, 16, 16, 32))
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    stem = find_unit_groups(net)[0][0]
+    idx = torch.tensor([3])
+    ablated = copy.deepcopy(net)
+    with torch.no_grad():
+        ablated.bn1.weight[idx], ablated.bn1.bias[idx] = 0.0, 0.0  # silenced at the BN ...
+    F.cross_entropy(ablated(x), y).backward()
+    assert ablated.bn1.weight.grad[idx].abs().max() == 0 and ablated.bn1.bias.grad[idx].abs().max() == 0
+    assert ablated.conv1.weight.grad[idx].abs().max() == 0  # ... it would never learn again
+    before = copy.deepcopy(net).eval()
+    reinit_units(stem, idx, "kaiming_normal")
+    assert (net.bn1.weight[idx] == 1).all() and (net.bn1.bias[idx] == 0).all()
+    assert (net.layer1[0].conv1.weight[:, idx] == 0).all()
+    with torch.no_grad():
+        assert (net.eval()(x) - before(x)).abs().max() > 1e-3  # the shortcut carries the new channel
+    net.train()
+    F.cross_entropy(net(x), y).backward()
+    assert net.conv1.weight.grad[idx].abs().max() > 0 and net.layer1[0].conv1.weight.grad[:, idx].abs().max() > 0
 
 
 def test_small_resnet_learns_a_batch() -> None:
