@@ -1,6 +1,7 @@
 """Continual ImageNet: quick preset end to end, zeroed head at every task start, fresh pairs, linear reference."""
 
 import numpy as np
+import pytest
 
 from lopbook.experiments import run_experiment
 from lopbook.problems.continual_imagenet import PairStream, ZeroHead, build_engine, make_source, run_one
@@ -13,7 +14,28 @@ def test_quick_preset_runs_and_has_all_methods():
     assert r["test_acc"].shape == (3, 2, 2) and ((r["test_acc"] >= 0) & (r["test_acc"] <= 1)).all()
     assert np.isnan(r["dormant_frac"][2]).all() and np.isfinite(r["dormant_frac"][:2]).all()
     assert r.meta["dataset"]["stand_in"] is True
-    assert (r["pairs"][..., 0] != r["pairs"][..., 1]).all()
+    groups = r["pairs"]  # (seeds, tasks, 2 classes, 5 digits): the two classes share no digit
+    assert groups.shape == (2, 2, 2, 5)
+    assert all(not set(g[0]) & set(g[1]) for g in groups.reshape(-1, 2, 5))
+
+
+def test_cpu_preset_rescales_cbp_rate_and_uses_one_init():
+    from lopbook.experiments import get
+    from lopbook.problems.continual_imagenet import SmallConvNet
+
+    cfg = get("continual_imagenet").preset_config("cpu")
+    assert cfg.steps_per_task() == 10 * 100 // 10
+    assert cfg.replacement_rate() * cfg.steps_per_task() == pytest.approx(3e-4 * 3000)
+    engine = build_engine("cbp", seed=0, device="cpu", batch_size=10, epochs=1, input_shape=(1, 16, 16),
+                          replacement_rate=cfg.replacement_rate(), init=cfg.init)
+    assert isinstance(engine.model, SmallConvNet)
+    cbp = engine.methods[0]
+    assert cbp.replacement_rate == pytest.approx(cfg.replacement_rate()) and cbp.init == "kaiming_normal"
+    w = engine.model.features[0].weight  # kaiming-normal: std sqrt(2 / fan_in), zero biases
+    assert float(w.detach().std()) == pytest.approx((2 / 9) ** 0.5, rel=0.25)
+    assert float(engine.model.fc[0].bias.abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="default init"):
+        get("continual_imagenet").make_config({"data": "mnist_standin", "init": "kaiming_normal"})
 
 
 def test_head_is_zeroed_with_its_momentum_at_every_task_start():
@@ -70,8 +92,6 @@ def test_finished_runs_are_taken_from_the_checkpoint(tmp_path, monkeypatch):
 
 
 def test_full_preset_without_imagenet32_says_where_to_get_it(tmp_path, monkeypatch):
-    import pytest
-
     from lopbook.data.imagenet32 import ImageNet32Missing
 
     monkeypatch.setenv("LOPBOOK_DATA", str(tmp_path))
