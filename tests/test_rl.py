@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -11,7 +12,7 @@ from scipy import stats
 
 from lopbook.checkpoint import Checkpoint
 from lopbook.rl.envs import ChangingFriction, draw_friction, find_wrapper, make_env, make_vec_env
-from lopbook.rl.ppo import PPO, config_for, gae
+from lopbook.rl.ppo import PPO, config_for, gae, gaussian_logp
 
 torch.set_num_threads(1)
 TINY = {"num_envs": 2, "num_steps": 256, "num_minibatches": 4, "update_epochs": 2}
@@ -200,3 +201,66 @@ def test_other_envs_train_with_changing_friction(env_id):
     assert agent.episodes["return"] and all(0.02 <= f <= 2.0 for f in agent.episodes["friction"])
     assert np.isfinite(agent.iters["pg_loss"][-1])
     agent.close()
+
+
+def reference_collect(agent: PPO) -> dict[str, np.ndarray]:
+    """The straightforward rollout the fast :meth:`PPO.collect` must reproduce bit for bit: the actor module's
+    forward (hooks record the features), ``SyncVectorEnv.step`` with its info dicts, per-step ``log pi(a)``."""
+    cfg, n = agent.cfg, agent.cfg.num_envs
+    T = cfg.num_steps // n
+    obs = np.zeros((T, n, 27), np.float32)
+    real_next, acts = np.zeros_like(obs), np.zeros((T, n, 8), np.float32)
+    logp, rew, term, done = np.zeros((T, n), np.float32), np.zeros((T, n)), np.zeros((T, n)), np.zeros((T, n))
+    record_from = T - -(-cfg.metrics_window // n)
+    for t in range(T):
+        agent.recorder.enabled = t >= record_from
+        obs[t] = agent.obs
+        with torch.no_grad():
+            mean = agent.actor(torch.as_tensor(agent.obs, dtype=torch.float32))
+            a = mean + agent.actor.log_std.exp() * torch.randn(mean.shape, generator=agent.gen)
+            logp[t] = gaussian_logp(a, mean, agent.actor.log_std).numpy()
+        acts[t] = a.numpy()
+        fr = [w.friction for w in agent.friction]
+        next_obs, r, te, tr, info = agent.envs.step(acts[t].astype(np.float64))
+        agent.global_step += n
+        rew[t], term[t], done[t] = r, te, te | tr
+        real_next[t] = next_obs
+        agent.ep_return += r
+        for i in np.flatnonzero(te | tr):
+            real_next[t, i] = info["final_obs"][i]
+            agent.episodes["return"].append(float(agent.ep_return[i]))
+            agent.episodes["step"].append(agent.global_step)
+            agent.episodes["friction"].append(fr[i])
+            agent.ep_return[i] = 0.0
+        agent.obs = next_obs
+    agent.recorder.enabled = False
+    with torch.no_grad():
+        v = agent.critic(torch.as_tensor(obs.reshape(T * n, -1))).numpy()
+        nv = agent.critic(torch.as_tensor(real_next.reshape(T * n, -1))).numpy()
+    adv, ret = gae(rew, v.reshape(T, n), nv.reshape(T, n), term, done, cfg.gamma, cfg.gae_lambda)
+    return {"obs": obs.reshape(T * n, -1), "act": acts.reshape(T * n, -1), "logp": logp.reshape(-1),
+            "adv": adv.reshape(-1).astype(np.float32), "ret": ret.reshape(-1).astype(np.float32)}
+
+
+@pytest.mark.parametrize("num_envs", [1, 3])
+def test_fast_rollout_equals_reference(num_envs):
+    # a 60-step time limit: many episode ends (resets, final observations) and friction changes
+    cfg = config_for("cbp", change_every=150, num_envs=num_envs, num_steps=300, num_minibatches=3,
+                     update_epochs=1, metrics_window=90)
+    fast, ref = PPO(cfg, seed=4), PPO(cfg, seed=4)
+    for agent in (fast, ref):
+        for e in agent.envs.envs:
+            find_wrapper(e, gym.wrappers.TimeLimit)._max_episode_steps = 60
+    for _ in range(2):
+        b_fast, b_ref = fast.collect(), reference_collect(ref)
+        for k in b_ref:
+            np.testing.assert_array_equal(b_fast[k], b_ref[k], err_msg=k)
+        assert fast.episodes == ref.episodes and len(fast.episodes["return"]) >= 2 * num_envs
+        for x, y in zip(fast.recorder.features(), ref.recorder.features(), strict=True):
+            assert x.shape == (90, 256) and torch.equal(x, y)
+        for agent, b in ((fast, b_fast), (ref, b_ref)):
+            agent.update(b)
+        assert torch.equal(fast.actor.mean_net.head.weight, ref.actor.mean_net.head.weight)
+    assert np.array_equal(fast.obs, ref.obs) and fast.friction[0].n_changes >= 1
+    fast.close()
+    ref.close()
