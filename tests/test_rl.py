@@ -264,3 +264,44 @@ def test_fast_rollout_equals_reference(num_envs):
     assert np.array_equal(fast.obs, ref.obs) and fast.friction[0].n_changes >= 1
     fast.close()
     ref.close()
+
+
+def test_stationary_run_resumes_bit_exactly_from_checkpoint_outside_work_tree(tmp_path, monkeypatch):
+    """A long run writes ``<out>.ckpt`` next to ``--out`` (here a folder outside the work tree), is killed in
+    the middle of its second (method, seed) run, and the same call resumes it to exactly the uninterrupted result."""
+    from pathlib import Path
+
+    from lopbook import checkpoint as ckpt_mod
+    from lopbook.experiments import run_experiment
+
+    assert not tmp_path.resolve().is_relative_to(Path(__file__).resolve().parents[1])
+    over = {"methods": ("bp", "cbp"), "fixed_friction": 1.0, "change_every": 0, "total_steps": 768,
+            "num_steps": 256, "num_minibatches": 4, "update_epochs": 2, "num_envs": 2, "bin_steps": 256,
+            "cbp_maturity": 4, "cbp_replacement_rate": 0.01}
+    full = run_experiment("slippery_ant", "quick", overrides=over, progress=False)
+
+    init = ckpt_mod.Checkpoint.__init__
+    monkeypatch.setattr(ckpt_mod.Checkpoint, "__init__",  # write every iteration, not once a minute
+                        lambda self, path, key=None, every_s=60.0: init(self, path, key, 0.0))
+    original, calls = PPO.train_iteration, {"n": 0}
+
+    def killed(self):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the second iteration of the second run
+            raise KeyboardInterrupt
+        original(self)
+
+    monkeypatch.setattr(PPO, "train_iteration", killed)
+    out = tmp_path / "cache" / "ant.npz"
+    out.parent.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment("slippery_ant", "quick", overrides=over, out=out, progress=False)
+    assert Path(str(out) + ".ckpt").exists() and not out.exists()
+    monkeypatch.setattr(PPO, "train_iteration", original)
+    resumed = run_experiment("slippery_ant", "quick", overrides=over, out=out, progress=False)
+    assert resumed.meta["resumed_from_checkpoint"] and out.exists()
+    assert set(full.arrays) == set(resumed.arrays)
+    for k, v in full.arrays.items():
+        if k != "sps":  # wall-clock speed
+            np.testing.assert_array_equal(v, resumed.arrays[k], err_msg=k)
+    assert np.all(full.arrays["friction"] == 1.0) and full.arrays["replaced"][1, 0, -1] > 0
