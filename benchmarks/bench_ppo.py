@@ -12,7 +12,7 @@ paper's 10,000 updates (128k env steps, more than a benchmark runs) to ``--cbp-m
 are replaced and the replaced entries' per-entry Adam steps are paid for during the timed rounds, as in a long run.
 The machine's load average is printed with the numbers: on a shared machine, both sides slow down together.
 
-    .venv/bin/python benchmarks/bench_ppo.py [--variants bp cbp] [--num-envs 1 4] [--rounds 7]
+    .venv/bin/python benchmarks/bench_ppo.py [--variants bp cbp] [--num-envs 1 4] [--rounds 7] [--fused-adam]
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from lopbook.rl.envs import make_vec_env
 from lopbook.rl.ppo import PPO, config_for, random_steps_per_second
 
 
-def bench(variant: str, env_id: str, n: int, rounds: int, cbp_maturity: int) -> dict[str, float]:
-    cfg = config_for(variant, env_id=env_id, num_envs=n, change_every=0, fixed_friction=1.0)
+def bench(variant: str, env_id: str, n: int, rounds: int, cbp_maturity: int, fused_adam: bool) -> dict[str, float]:
+    cfg = config_for(variant, env_id=env_id, num_envs=n, change_every=0, fixed_friction=1.0, fused_adam=fused_adam)
     if cfg.method and "maturity_threshold" in cfg.method:
         cfg.method = {**cfg.method, "maturity_threshold": cbp_maturity}
     agent = PPO(cfg, seed=0)
@@ -75,14 +75,16 @@ def main() -> None:
     ap.add_argument("--num-envs", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (one PPO iteration each)")
     ap.add_argument("--cbp-maturity", type=int, default=100, help="CBP maturity in updates (paper: 10,000)")
+    ap.add_argument("--fused-adam", action="store_true", help="torch's fused Adam (equal up to float rounding)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    print("fused Adam" if args.fused_adam else "torch's default Adam (bit-identical to the reference loop)")
     print(f"{'env':<8} {'variant':<7} {'envs':>4} {'raw env sps':>11} {'PPO sps':>8} {'ratio':>6} {'(CPU s)':>7}  "
           f"update share  units replaced  load avg (1 min) before/after; medians over {args.rounds} rounds")
     for n in args.num_envs:
         for variant in args.variants:
             load0 = os.getloadavg()[0]
-            r = bench(variant, args.env, n, args.rounds, args.cbp_maturity)
+            r = bench(variant, args.env, n, args.rounds, args.cbp_maturity, args.fused_adam)
             print(f"{args.env:<8} {variant:<7} {n:>4} {r['raw_sps']:>11.0f} {r['ppo_sps']:>8.0f} "
                   f"{r['ratio']:>5.2f}x {r['cpu_ratio']:>6.2f}x  {r['share']:>11.0%}  {r['replaced']:>14}  "
                   f"{load0:.1f}/{os.getloadavg()[0]:.1f}", flush=True)
