@@ -124,7 +124,11 @@ def gaussian_logp(a: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) ->
 
 
 class FeatureRecorder:
-    """Forward hooks on the policy's hidden activations; keeps the last ``window`` rows of each layer."""
+    """The policy's hidden activations over the last ``window`` acting steps, per layer.
+
+    :meth:`PPO.collect` appends its rollout's block to ``buffers`` directly; the forward hooks record a module
+    forward instead while ``enabled`` (the tests' reference rollout uses them).
+    """
 
     def __init__(self, activations: list[torch.nn.Module], window: int):
         self.window, self.enabled = window, False
