@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from scipy import stats
 
 from lopbook.checkpoint import Checkpoint
 from lopbook.rl.envs import ChangingFriction, draw_friction, find_wrapper, make_env, make_vec_env
-from lopbook.rl.ppo import PPO, config_for, gae
+from lopbook.rl.ppo import PPO, config_for, gae, gaussian_logp
 
 torch.set_num_threads(1)
 TINY = {"num_envs": 2, "num_steps": 256, "num_minibatches": 4, "update_epochs": 2}
@@ -200,3 +202,126 @@ def test_other_envs_train_with_changing_friction(env_id):
     assert agent.episodes["return"] and all(0.02 <= f <= 2.0 for f in agent.episodes["friction"])
     assert np.isfinite(agent.iters["pg_loss"][-1])
     agent.close()
+
+
+def reference_collect(agent: PPO) -> dict[str, np.ndarray]:
+    """The straightforward rollout the fast :meth:`PPO.collect` must reproduce bit for bit: the actor module's
+    forward (hooks record the features), ``SyncVectorEnv.step`` with its info dicts, per-step ``log pi(a)``."""
+    cfg, n = agent.cfg, agent.cfg.num_envs
+    T = cfg.num_steps // n
+    obs = np.zeros((T, n, 27), np.float32)
+    real_next, acts = np.zeros_like(obs), np.zeros((T, n, 8), np.float32)
+    logp, rew, term, done = np.zeros((T, n), np.float32), np.zeros((T, n)), np.zeros((T, n)), np.zeros((T, n))
+    record_from = T - -(-cfg.metrics_window // n)
+    for t in range(T):
+        agent.recorder.enabled = t >= record_from
+        obs[t] = agent.obs
+        with torch.no_grad():
+            mean = agent.actor(torch.as_tensor(agent.obs, dtype=torch.float32))
+            a = mean + agent.actor.log_std.exp() * torch.randn(mean.shape, generator=agent.gen)
+            logp[t] = gaussian_logp(a, mean, agent.actor.log_std).numpy()
+        acts[t] = a.numpy()
+        fr = [w.friction for w in agent.friction]
+        next_obs, r, te, tr, info = agent.envs.step(acts[t].astype(np.float64))
+        agent.global_step += n
+        rew[t], term[t], done[t] = r, te, te | tr
+        real_next[t] = next_obs
+        agent.ep_return += r
+        for i in np.flatnonzero(te | tr):
+            real_next[t, i] = info["final_obs"][i]
+            agent.episodes["return"].append(float(agent.ep_return[i]))
+            agent.episodes["step"].append(agent.global_step)
+            agent.episodes["friction"].append(fr[i])
+            agent.ep_return[i] = 0.0
+        agent.obs = next_obs
+    agent.recorder.enabled = False
+    with torch.no_grad():
+        v = agent.critic(torch.as_tensor(obs.reshape(T * n, -1))).numpy()
+        nv = agent.critic(torch.as_tensor(real_next.reshape(T * n, -1))).numpy()
+    adv, ret = gae(rew, v.reshape(T, n), nv.reshape(T, n), term, done, cfg.gamma, cfg.gae_lambda)
+    return {"obs": obs.reshape(T * n, -1), "act": acts.reshape(T * n, -1), "logp": logp.reshape(-1),
+            "adv": adv.reshape(-1).astype(np.float32), "ret": ret.reshape(-1).astype(np.float32)}
+
+
+@pytest.mark.parametrize("num_envs", [1, 3])
+def test_fast_rollout_equals_reference(num_envs):
+    # a 60-step time limit: many episode ends (resets, final observations) and friction changes
+    cfg = config_for("cbp", change_every=150, num_envs=num_envs, num_steps=300, num_minibatches=3,
+                     update_epochs=1, metrics_window=90)
+    fast, ref = PPO(cfg, seed=4), PPO(cfg, seed=4)
+    for agent in (fast, ref):
+        for e in agent.envs.envs:
+            find_wrapper(e, gym.wrappers.TimeLimit)._max_episode_steps = 60
+    for _ in range(2):
+        b_fast, b_ref = fast.collect(), reference_collect(ref)
+        for k in b_ref:
+            np.testing.assert_array_equal(b_fast[k], b_ref[k], err_msg=k)
+        assert fast.episodes == ref.episodes and len(fast.episodes["return"]) >= 2 * num_envs
+        for x, y in zip(fast.recorder.features(), ref.recorder.features(), strict=True):
+            assert x.shape == (90, 256) and torch.equal(x, y)
+        for agent, b in ((fast, b_fast), (ref, b_ref)):
+            agent.update(b)
+        assert torch.equal(fast.actor.mean_net.head.weight, ref.actor.mean_net.head.weight)
+    assert np.array_equal(fast.obs, ref.obs) and fast.friction[0].n_changes >= 1
+    fast.close()
+    ref.close()
+
+
+def test_stationary_run_resumes_bit_exactly_from_checkpoint_outside_work_tree(tmp_path, monkeypatch):
+    """A long run writes ``<out>.ckpt`` next to ``--out`` (here a folder outside the work tree), is killed in
+    the middle of its second (method, seed) run, and the same call resumes it to exactly the uninterrupted result."""
+    from pathlib import Path
+
+    from lopbook import checkpoint as ckpt_mod
+    from lopbook.experiments import run_experiment
+
+    assert not tmp_path.resolve().is_relative_to(Path(__file__).resolve().parents[1])
+    over = {"methods": ("bp", "cbp"), "fixed_friction": 1.0, "change_every": 0, "total_steps": 768,
+            "num_steps": 256, "num_minibatches": 4, "update_epochs": 2, "num_envs": 2, "bin_steps": 256,
+            "cbp_maturity": 4, "cbp_replacement_rate": 0.01}
+    full = run_experiment("slippery_ant", "quick", overrides=over, progress=False)
+
+    init = ckpt_mod.Checkpoint.__init__
+    monkeypatch.setattr(ckpt_mod.Checkpoint, "__init__",  # write every iteration, not once a minute
+                        lambda self, path, key=None, every_s=60.0: init(self, path, key, 0.0))
+    original, calls = PPO.train_iteration, {"n": 0}
+
+    def killed(self):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the second iteration of the second run
+            raise KeyboardInterrupt
+        original(self)
+
+    monkeypatch.setattr(PPO, "train_iteration", killed)
+    out = tmp_path / "cache" / "ant.npz"
+    out.parent.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment("slippery_ant", "quick", overrides=over, out=out, progress=False)
+    assert Path(str(out) + ".ckpt").exists() and not out.exists()
+    monkeypatch.setattr(PPO, "train_iteration", original)
+    resumed = run_experiment("slippery_ant", "quick", overrides=over, out=out, progress=False)
+    assert resumed.meta["resumed_from_checkpoint"] and out.exists()
+    assert set(full.arrays) == set(resumed.arrays)
+    for k, v in full.arrays.items():
+        if k != "sps":  # wall-clock speed
+            np.testing.assert_array_equal(v, resumed.arrays[k], err_msg=k)
+    assert np.all(full.arrays["friction"] == 1.0) and full.arrays["replaced"][1, 0, -1] > 0
+
+
+@pytest.mark.parametrize("variant", ["bp", "cbp"])
+def test_fused_adam_matches_default_up_to_rounding(variant):
+    # (without replacements: which near-tied unit CBP replaces can flip on a rounding difference)
+    cfg = config_for(variant, change_every=0, **TINY)
+    plain, fused = PPO(cfg, seed=0), PPO(dataclasses.replace(cfg, fused_adam=True), seed=0)
+    assert fused.optimizer.defaults["fused"] and not plain.optimizer.defaults["fused"]
+    for agent in (plain, fused):  # same rollout (acting does not touch Adam), then 3 updates on it
+        batch = agent.collect()
+        for _ in range(3):
+            agent.update(batch)
+    pairs = list(zip([*plain.actor.parameters(), *plain.critic.parameters()],
+                     [*fused.actor.parameters(), *fused.critic.parameters()], strict=True))
+    for x, y in pairs:
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(x, y) for x, y in pairs)  # really another kernel, not the same arithmetic
+    plain.close()
+    fused.close()

@@ -143,23 +143,39 @@ class EntryAges:
              tr: _Track, young_rows_mask: np.ndarray | None) -> tuple:
         """Host-side part of a redo: the entries' ages and their bias-correction factors."""
         lr, b1, b2, eps, t = hp
+        # An entry's age is min(row age, column age), clipped to [1, t]. The factors are a function of the age,
+        # so they are computed per row and per column (k + n values, not k * n powers) and then picked per entry.
         if dim == 0:  # a block of rows; an entry's age is the younger of its row's and its column's
-            age = (t - tr.rows[index]).astype(np.float64)[:, None]
+            row_raw = t - tr.rows[index]
+            row_age = np.clip(row_raw, 1, t).astype(np.float64)
+            step_k, scale_k = EntryAges._factors(row_age, lr, b1, b2)
+            step_k, scale_k = step_k[:, None], scale_k[:, None]
             if tr.cols is not None:
-                col_age = (t - tr.cols).astype(np.float64)
-                if (col_age < age.max()).any():
-                    age = np.minimum(age, col_age[None, :])
-        else:  # a block of columns, minus the rows already redone
-            age = (t - tr.cols[index]).astype(np.float64)[None, :]
+                col_raw = t - tr.cols
+                if (col_raw < row_raw.max()).any():
+                    col_age = np.clip(col_raw, 1, t).astype(np.float64)
+                    col_step, col_scale = EntryAges._factors(col_age, lr, b1, b2)
+                    by_row = row_age[:, None] <= col_age[None, :]
+                    step_k = np.where(by_row, step_k, col_step[None, :])
+                    scale_k = np.where(by_row, scale_k, col_scale[None, :])
+        else:  # a block of columns, minus the rows already redone (their age is t: no correction)
+            col_age = np.clip(t - tr.cols[index], 1, t).astype(np.float64)
+            step_k, scale_k = (f[None, :] for f in EntryAges._factors(col_age, lr, b1, b2))
             if young_rows_mask is not None and young_rows_mask.any():
-                age = np.where(young_rows_mask[:, None], float(t), age)
-        age = np.clip(age, 1, t)
-        shape = [*age.shape] + [1] * (p.dim() - age.ndim) if p.dim() > 1 else [age.shape[0]]
+                step_t, scale_t = EntryAges._factors(np.array([float(t)]), lr, b1, b2)
+                step_k = np.where(young_rows_mask[:, None], step_t, step_k)
+                scale_k = np.where(young_rows_mask[:, None], scale_t, scale_k)
+        shape = [*step_k.shape] + [1] * (p.dim() - step_k.ndim) if p.dim() > 1 else [step_k.shape[0]]
         dev, dt = p.device, p.dtype
-        step_k = torch.from_numpy((lr / (1 - b1 ** age)).astype(np.float32)).to(dev, dt).view(shape)
-        scale_k = torch.from_numpy((1 / np.sqrt(1 - b2 ** age)).astype(np.float32)).to(dev, dt).view(shape)
+        step_k = torch.from_numpy(np.ascontiguousarray(step_k)).to(dev, dt).view(shape)
+        scale_k = torch.from_numpy(np.ascontiguousarray(scale_k)).to(dev, dt).view(shape)
         return (p, m, v, dim, torch.from_numpy(index).to(dev), step_k, scale_k,
                 lr / (1 - b1 ** t), 1 / math.sqrt(1 - b2 ** t), eps)
+
+    @staticmethod
+    def _factors(age: np.ndarray, lr: float, b1: float, b2: float) -> tuple[np.ndarray, np.ndarray]:
+        """Per-entry Adam factors of entries of age ``age`` (float64): ``lr / (1 - β1^k)``, ``1 / √(1 - β2^k)``."""
+        return (lr / (1 - b1 ** age)).astype(np.float32), (1 / np.sqrt(1 - b2 ** age)).astype(np.float32)
 
     @staticmethod
     def _redo(jobs: list[tuple]) -> None:

@@ -149,6 +149,27 @@ def make_vec_env(env_id: str, num_envs: int, *, change_every: int, seed: int,
                                     autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
 
 
+def step_envs(envs: list[gym.Env], actions: np.ndarray, obs_out: np.ndarray, next_out: np.ndarray,
+              rew_out: np.ndarray, term_out: np.ndarray, trunc_out: np.ndarray) -> list[tuple[int, dict[str, Any]]]:
+    """Step each env once with same-step autoreset, writing into the given rows (no allocation per env).
+
+    What ``SyncVectorEnv(autoreset_mode=SAME_STEP).step`` does for a training loop, minus merging every step's
+    info dicts into arrays (most of its cost next to a MuJoCo step): ``next_out[i]`` is the observation the
+    step reached (the final one if the episode ended), ``obs_out[i]`` the one to act on next (after the reset).
+    Returns ``(i, info)`` of the envs whose episode ended in this step.
+    """
+    ended = []
+    for i, env in enumerate(envs):
+        o, r, te, tr, info = env.step(actions[i])
+        rew_out[i], term_out[i], trunc_out[i] = r, te, tr
+        next_out[i] = o
+        if te or tr:
+            ended.append((i, info))
+            o, _ = env.reset()
+        obs_out[i] = o
+    return ended
+
+
 # --- exact save/restore of a running vector env (for checkpoint/resume mid-episode) ---
 
 def _physics_state(env: gym.Env) -> bytes:
