@@ -139,8 +139,9 @@ def classical_stable_rank(features: torch.Tensor, *, sv: torch.Tensor | None = N
 
 def matrix_rank(features: torch.Tensor, *, sv: torch.Tensor | None = None, dtype: torch.dtype = torch.float64,
                 rtol: float | None = None) -> int:
-    """Rank: the number of singular values above ``rtol · σ_1``; ``rtol`` defaults to torch's
-    ``max(N, d) · eps(dtype)`` (as ``torch.linalg.matrix_rank``, which upstream used)."""
+    """Rank: the number of singular values above ``rtol · σ_1``; ``rtol`` defaults to
+    ``max(N, d) · eps(dtype)``, the tolerance of ``torch.linalg.matrix_rank``. (The authors' code did not
+    use ``matrix_rank``: it counted the non-zero singular values, with no tolerance.)"""
     s = _sv(features, sv, dtype)
     if s.numel() == 0 or s[0] <= 0:
         return 0

@@ -108,6 +108,28 @@ def test_discovery_on_library_nets_and_custom_activations() -> None:
     assert [g.name for g in ContinualBackprop(m, None).groups] == ["0"]
 
 
+class _Skip(nn.Module):
+    """x -> a -> [bn] -> relu -> (+ x) -> relu -> out: a unit of `a` also reaches `out` through the skip."""
+
+    def __init__(self, bn: bool) -> None:
+        super().__init__()
+        self.a, self.out = nn.Linear(4, 4), nn.Linear(4, 1)
+        self.bn = nn.BatchNorm1d(4) if bn else nn.Identity()
+        self.r1, self.r2 = nn.ReLU(), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.r2(self.r1(self.bn(self.a(x))) + x))
+
+
+def test_discovery_of_units_that_feed_a_residual_sum() -> None:
+    groups, skipped = find_unit_groups(_Skip(bn=True))
+    assert [(g.name, g.residual, g.extra["consumer_names"]) for g in groups] == [("a", True, ["out"])]
+    with pytest.raises(UnitDiscoveryError, match="no BatchNorm"):
+        find_unit_groups(_Skip(bn=False))  # nothing can silence `a`'s units on the skip path
+    with pytest.raises(ValueError, match="residual"):
+        ContinualBackprop(_Skip(bn=True), None, bias_transfer=True)
+
+
 def test_deepcopied_model_does_not_feed_the_original_hooks() -> None:
     m = mlp(8)
     cbp = ContinualBackprop(m, None)
@@ -264,6 +286,39 @@ def test_adaptable_contribution_prefers_constant_units() -> None:
     assert chosen["contribution"] != [2]
 
 
+@pytest.mark.parametrize("utility", ["contribution", "adaptable_contribution"])
+def test_conv_utility_is_measured_on_what_the_next_layer_consumes(utility: str) -> None:
+    """Conv units are scored on their pooled maps (the next layer's input), conv -> linear per position."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(3, 4, 3), nn.ReLU(),
+                      nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 2 * 2, 5), nn.ReLU(), nn.Linear(5, 1))
+    x = torch.randn(6, 2, 14, 14)
+    cbp = ContinualBackprop(m, None, replacement_rate=0.0, decay_rate=0.0, utility=utility)
+    m(x).sum().backward()
+    cbp.step()
+    with torch.no_grad():
+        a1 = torch.relu(m[0](x))                      # (6, 3, 12, 12) before pooling
+        p1 = F.max_pool2d(a1, 2)                      # (6, 3, 6, 6): what conv 3 reads
+        p2 = F.max_pool2d(torch.relu(m[3](p1)), 2)    # (6, 4, 2, 2): flattened into the Linear
+        w3, w7 = m[3].weight, m[7].weight             # (4, 3, 3, 3), (5, 16)
+        if utility == "contribution":
+            stat1 = p1.abs().mean((0, 2, 3))                       # per channel
+            stat2 = p2.abs().mean(0).reshape(4, 4)                 # per channel and position
+        else:  # decay 0: the running mean is this batch's mean, per channel / per flattened position
+            stat1 = (p1 - p1.mean((0, 2, 3), keepdim=True)).abs().mean((0, 2, 3))
+            stat2 = (p2 - p2.mean(0, keepdim=True)).abs().mean(0).reshape(4, 4)
+        u1 = stat1 * w3.abs().sum((0, 2, 3))
+        u2 = (stat2 * w7.abs().sum(0).reshape(4, 4)).sum(1)   # per-position products, summed over positions
+        if utility == "adaptable_contribution":
+            u1 = u1 / m[0].weight.abs().flatten(1).mean(1)
+            u2 = u2 / m[3].weight.abs().flatten(1).mean(1)
+        unpooled = a1.abs().mean((0, 2, 3)) * w3.abs().sum((0, 2, 3))
+    assert torch.allclose(cbp.utilities()[0], u1, rtol=1e-5)
+    assert torch.allclose(cbp.utilities()[1], u2, rtol=1e-5)
+    if utility == "contribution":  # the pre-pooling measure is a different number
+        assert not torch.allclose(unpooled, u1, rtol=0.05)
+
+
 def test_outgoing_magnitude_matches_reference() -> None:
     torch.manual_seed(0)  # wide consumers take the chunked CPU path
     m = nn.Sequential(nn.Conv2d(3, 10, 3), nn.ReLU(), nn.Conv2d(10, 150, 3), nn.ReLU(), nn.Flatten(),
@@ -301,7 +356,7 @@ def test_out_refresh_reuses_outgoing_magnitude() -> None:
         cbp.step()
     assert min(cbp.n_replaced) >= 5
     for g, cached in zip(cbp.groups, cbp._out_mag, strict=True):
-        assert torch.allclose(cached, g.out_magnitude(), atol=1e-5)
+        assert torch.allclose(cached, g.out_magnitude(per_column=True), atol=1e-5)
 
 
 # -------------------------------------------------------------------------------- function invariance
@@ -350,6 +405,23 @@ def test_output_unchanged_conv_flatten_linear() -> None:
     cbp = ContinualBackprop(m, opt, replacement_rate=0.2, maturity_threshold=1, decay_rate=0.9)
     batches = data(6, shape=(3, 14, 14), out=3)
     assert _check_invariance(m, cbp, opt, batches, torch.randn(4, 3, 14, 14)) >= 4
+
+
+def test_layernorm_makes_a_replacement_change_the_other_units() -> None:
+    """The documented exception: the new unit's pre-activation enters the LayerNorm statistics of its layer."""
+    from lopbook.nets import MLP
+
+    torch.manual_seed(0)
+    m = MLP(4, [16, 16], 1, layer_norm=True)
+    opt = torch.optim.SGD(m.parameters(), lr=0.0)
+    cbp = ContinualBackprop(m, opt, replacement_rate=1 / 16, maturity_threshold=0, decay_rate=0.9)
+    x = torch.randn(32, 4)
+    train_step(m, opt, x, torch.zeros(32, 1))
+    before = copy.deepcopy(m)
+    assert cbp.step() == 2
+    with torch.no_grad():
+        diff = (m(x) - _ablated_output(before, cbp, cbp.last_replaced, x)).abs().max().item()
+    assert diff > 1e-3
 
 
 def test_dead_unit_replacement_leaves_output_exactly_unchanged() -> None:

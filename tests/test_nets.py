@@ -43,7 +43,7 @@ def test_mlp_layout_shapes_and_counts():
 
 
 def test_mlp_pmnist_weight_count():
-    # upstream-spec §2.2: 784 -> 2000 x3 -> 10 has 9,588,000 weights (biases excluded)
+    # the paper's pMNIST net: 784 -> 2000 x3 -> 10 has 9,588,000 weights (biases excluded)
     m = MLP(784, [2000, 2000, 2000], 10)
     assert sum(lin.weight.numel() for lin in [*m.hidden_linears, m.head]) == 9_588_000
 

@@ -35,16 +35,47 @@ def test_architecture_matches_paper_variant() -> None:
     assert 11_150_000 < sum(p.numel() for p in net.parameters()) < 11_250_000  # ~11.2M, the usual CIFAR ResNet-18
 
 
-def test_cbp_groups_are_block_internal_units() -> None:
+HIDDEN = ["conv1"] + [f"layer{s}.{b}.conv{c}" for s in range(1, 5) for b in range(2) for c in (1, 2)]
+
+
+def test_cbp_covers_the_17_hidden_layers() -> None:
     cbp = ContinualBackprop(ResNet18(10, widths=(4, 8, 8, 16)), None)
-    assert [g.name for g in cbp.groups] == [f"layer{s}.{b}.conv1" for s in range(1, 5) for b in range(2)]
-    assert all(g.out_layer.kernel_size == (3, 3) and isinstance(g.norm, nn.BatchNorm2d) for g in cbp.groups)
-    # stem, block outputs and downsample convs feed residual sums: not replaceable
-    assert "consumers" in cbp.skipped["conv1"] and "residual" in cbp.skipped["layer2.0.downsample.0"]
-    assert "residual" in cbp.skipped["layer4.1.conv2"] and cbp.skipped["fc"] == "output layer"
+    assert [g.name for g in cbp.groups] == HIDDEN
+    groups = {g.name: g for g in cbp.groups}
+    # block-internal units: plain groups (zero conv2's input channels)
+    for s in range(1, 5):
+        for b in range(2):
+            g = groups[f"layer{s}.{b}.conv1"]
+            assert not g.residual and g.extra["out_name"] == f"layer{s}.{b}.conv2"
+    # stem and block ends feed the residual stream: silenced at their BN, consumers = what reads the stream next
+    assert all(groups[n].residual and isinstance(groups[n].norm, nn.BatchNorm2d) for n in HIDDEN if n.endswith("2"))
+    assert groups["conv1"].residual and groups["conv1"].extra["consumer_names"] == ["layer1.0.conv1"]
+    assert groups["layer1.0.conv2"].extra["consumer_names"] == ["layer1.1.conv1"]
+    assert sorted(groups["layer1.1.conv2"].extra["consumer_names"]) == ["layer2.0.conv1", "layer2.0.downsample.0"]
+    assert groups["layer4.1.conv2"].extra["consumer_names"] == ["fc"]
+    assert set(cbp.skipped) == {"layer2.0.downsample.0", "layer3.0.downsample.0", "layer4.0.downsample.0", "fc"}
 
 
-def test_output_unchanged_after_replacement_in_eval_mode() -> None:
+def _ablate(net: nn.Module, cbp: ContinualBackprop, replaced: list) -> nn.Module:
+    """The pre-replacement network without the replaced units: plain units' outgoing channels 0, residual
+    units' BN scale and shift 0."""
+    ref = copy.deepcopy(net)
+    mods = dict(ref.named_modules())
+    with torch.no_grad():
+        for g, idx in zip(cbp.groups, replaced, strict=True):
+            if idx is None:
+                continue
+            if g.residual:
+                mods[g.name.replace("conv", "bn")].weight[idx] = 0.0
+                mods[g.name.replace("conv", "bn")].bias[idx] = 0.0
+            else:
+                mods[g.extra["out_name"]].weight[:, idx] = 0.0
+    return ref
+
+
+def test_replacement_removes_exactly_the_replaced_units_in_every_layer() -> None:
+    """After a replacement the net computes what it did without the replaced units, in eval *and* train mode,
+    for the block-internal and the residual units alike; the residual units' consumers are untouched."""
     torch.manual_seed(0)
     net = ResNet18(10, widths=(8, 16, 16, 32))
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -52,30 +83,67 @@ def test_output_unchanged_after_replacement_in_eval_mode() -> None:
                             init="kaiming_normal")
     x, y = torch.randn(6, 3, 16, 16), torch.randint(0, 10, (6,))
     x_eval = torch.randn(3, 3, 16, 16)
-    checked = 0
+    hit: set[str] = set()
     for _ in range(4):
         net.train()
         loss = F.cross_entropy(net(x), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        ref = copy.deepcopy(net).eval()
+        before = copy.deepcopy(net)
+        consumers_before = {n: m.weight.detach().clone() for n, m in net.named_modules()
+                            if isinstance(m, (nn.Conv2d, nn.Linear))}
         if cbp.step() == 0:
             continue
-        mods = dict(ref.named_modules())
-        with torch.no_grad():  # the reference: the old network with the replaced units' outgoing weights cut
-            for g, idx in zip(cbp.groups, cbp.last_replaced, strict=True):
-                if idx is not None:
-                    mods[g.extra["out_name"]].weight[:, idx] = 0.0
-            expected = ref(x_eval)
-            got = net.eval()(x_eval)
-        assert torch.allclose(got, expected, atol=1e-5, rtol=1e-5)
+        ref = _ablate(before, cbp, cbp.last_replaced)
+        with torch.no_grad():
+            for mode in ("eval", "train"):  # train: batch statistics; on copies, so running stats stay put
+                a, b = copy.deepcopy(net), copy.deepcopy(ref)
+                a.train(mode == "train")
+                b.train(mode == "train")
+                assert torch.allclose(a(x_eval), b(x_eval), atol=1e-5, rtol=1e-5), mode
+        mods = dict(net.named_modules())
         for g, idx in zip(cbp.groups, cbp.last_replaced, strict=True):
-            if idx is not None:  # BN channel back to identity
-                assert (g.norm.weight[idx] == 1).all() and (g.norm.running_var[idx] == 1).all()
-                assert (opt.state[g.in_layer.weight]["momentum_buffer"][idx] == 0).all()
-        checked += 1
-    assert checked >= 2
+            if idx is None:
+                continue
+            hit.add("residual" if g.residual else "plain")
+            assert (g.in_layer.bias[idx] == 0).all() and (g.norm.running_var[idx] == 1).all()
+            assert (opt.state[g.in_layer.weight]["momentum_buffer"][idx] == 0).all()
+            if g.residual:  # silenced at the BN; the weights that read the stream keep their values
+                assert (g.norm.weight[idx] == 0).all() and (g.norm.bias[idx] == 0).all()
+                for name in g.extra["consumer_names"]:
+                    if not any(o.name == name and last is not None  # (unless redrawn as rows themselves)
+                               for o, last in zip(cbp.groups, cbp.last_replaced, strict=True)):
+                        assert torch.equal(mods[name].weight, consumers_before[name])
+            else:
+                assert (g.norm.weight[idx] == 1).all() and (g.out_layer.weight[:, idx] == 0).all()
+    assert hit == {"plain", "residual"}
+
+
+def test_the_authors_treatment_of_a_skip_connected_unit_changes_the_function() -> None:
+    """ResGnT resets a stem channel's BN to identity and zeroes only the next conv's input channel: the new,
+    random channel still flows through the identity shortcut. Silencing it at the BN does not change anything
+    but the removed unit."""
+    torch.manual_seed(1)
+    net = ResNet18(10, widths=(8, 16, 16, 32)).eval()
+    x = torch.randn(4, 3, 16, 16)
+    idx = torch.tensor([3])
+    cbp = ContinualBackprop(net, None, init="kaiming_normal")
+    stem = cbp.groups[0]
+    ref = _ablate(net, cbp, [idx] + [None] * (len(cbp.groups) - 1))
+    authors = copy.deepcopy(net)
+    with torch.no_grad():
+        authors.conv1.weight[idx] = torch.randn_like(authors.conv1.weight[idx]) * (2 / 27) ** 0.5
+        authors.conv1.bias[idx] = 0.0
+        authors.bn1.weight[idx], authors.bn1.bias[idx] = 1.0, 0.0
+        authors.bn1.running_mean[idx], authors.bn1.running_var[idx] = 0.0, 1.0
+        authors.layer1[0].conv1.weight[:, idx] = 0.0
+        from lopbook.algos.units import reinit_units
+
+        reinit_units(stem, idx, "kaiming_normal")
+        ours, expected, theirs = net(x), ref(x), authors(x)
+    assert torch.allclose(ours, expected, atol=1e-6)
+    assert (theirs - expected).abs().max() > 1e-2
 
 
 def test_small_resnet_learns_a_batch() -> None:

@@ -1,7 +1,8 @@
 """Continual backpropagation (CBP): backprop plus generate-and-test on hidden units (paper Algorithm 1).
 
 One model-agnostic engine: unit groups are found with ``torch.fx`` (:func:`lopbook.algos.units.find_unit_groups`),
-features come from forward hooks on the activation modules of the *training* forward pass (no extra forward),
+features are what each group's next layer consumes in the *training* forward pass (a forward pre-hook on that
+layer, so after any pooling or flatten; no extra forward),
 and the replacement runs in :meth:`ContinualBackprop.step`, which you call right after ``optimizer.step()``::
 
     cbp = ContinualBackprop(model, optimizer, replacement_rate=1e-4, maturity_threshold=100, decay_rate=0.99)
@@ -14,14 +15,17 @@ Per group (layer) and step:
 
 1. ``age += 1``; ``util ← η·util + (1−η)·y`` with ``y_u = mean|h_u| · Σ|W_out[:, u]|`` (``contribution``) or
    ``y_u = mean|h_u − ĥ_u| · Σ|W_out[:, u]| / mean|W_in[u, :]|`` (``adaptable_contribution``), where the means run
-   over the batch (and spatial positions) and ``ĥ`` is the bias-corrected running mean activation.
+   over the batch (and spatial positions) and ``ĥ`` is the bias-corrected running mean activation. For a conv
+   channel flattened into a Linear, each position has its own outgoing columns: ``y_u`` is the sum over positions
+   of that position's ``mean|h|`` times its columns' ``Σ|W_out|`` (per-position products).
 2. bias correction (Adam-style): ``û = util / (1 − η^age)``. Without it a just-matured unit reads at
    ``1 − η^(m+1)`` of its real utility (0.63 at η = 0.99, m = 100) and is replaced first.
 3. eligible units: ``age > maturity_threshold``; a host-side counter ``c += ρ · n_eligible``; replace
    ``k = ⌊c⌋`` units and keep the remainder (exact, deterministic counts).
 4. the ``k`` eligible units with the lowest ``û`` are re-initialised (:func:`~lopbook.algos.units.reinit_units`):
-   incoming weights from ``init``, incoming bias 0, norm channel to identity, outgoing weights 0, optimizer
-   state of those entries 0; their age, utility and mean activation restart at 0.
+   incoming weights from ``init``, incoming bias 0, norm channel to identity, outgoing weights 0 (for a unit
+   that feeds a residual sum: its BatchNorm scale and shift 0 instead), optimizer state of those entries 0;
+   their age, utility and mean activation restart at 0.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .units import FeatureHooks, UnitGroup, check_init, find_unit_groups, reduce_dims, reinit_units
+from .adam_ages import ages_state, load_ages_state
+from .units import FeatureHooks, UnitGroup, check_init, find_unit_groups, reinit_units
 
 UTILITIES = ("contribution", "adaptable_contribution")
 
@@ -55,10 +60,10 @@ def _validate(replacement_rate: float, maturity_threshold: int, decay_rate: floa
 class _GroupState:
     """Running statistics of one unit group (device tensors plus host-side ages and counter)."""
 
-    def __init__(self, n: int, device: torch.device):
+    def __init__(self, n: int, n_features: int, device: torch.device):
         self.age = torch.zeros(n, device=device)  # float, for η**age on device
         self.util = torch.zeros(n, device=device)
-        self.mean_act = torch.zeros(n, device=device)
+        self.mean_act = torch.zeros(n_features, device=device)  # per outgoing column (see UnitGroup.n_features)
         self.age_host = np.zeros(n, dtype=np.int64)  # the same ages on the host: eligibility without syncs
         self.counter = 0.0
         self.n_replaced = 0
@@ -72,9 +77,11 @@ class ContinualBackprop:
 
     Args:
         model: the network. Its replaceable groups are found automatically (see :mod:`lopbook.algos.units`);
-            units whose output feeds a residual sum are left alone (listed in :attr:`skipped`).
-        optimizer: its per-element state (SGD momentum, Adam moments) is zeroed for replaced entries.
-            ``None`` skips that.
+            a unit that feeds a residual sum is replaceable when a BatchNorm precedes the sum (it is then
+            silenced there); other weight layers are left alone (listed in :attr:`skipped` with the reason).
+        optimizer: its per-element state (SGD momentum, Adam moments) is zeroed for replaced entries; with
+            ``torch.optim.Adam``/``AdamW`` those entries also get their own step count, so their first updates
+            are bias-corrected like fresh entries' (:mod:`lopbook.algos.adam_ages`). ``None`` skips that.
         replacement_rate: ρ, the fraction of *eligible* units replaced per step (in [0, 1)).
         maturity_threshold: m, a unit is eligible once ``age > m`` steps.
         decay_rate: η, the utility EMA decay (0 = instantaneous utility).
@@ -116,11 +123,14 @@ class ContinualBackprop:
         self.skipped: dict[str, str] = skipped
         if bias_transfer:
             for g in self.groups:
+                if g.residual:
+                    raise ValueError(f"bias_transfer=True is not defined for '{g.name}', whose units feed a "
+                                     "residual sum (they are silenced at their BatchNorm); use bias_transfer=False")
                 if g.out_layer.bias is None:
                     raise ValueError(f"bias_transfer=True needs a bias on the layer after '{g.name}'; "
                                      "use bias_transfer=False or give that layer a bias")
         self._need_mean = utility == "adaptable_contribution" or bias_transfer
-        self.states = [_GroupState(g.n_units, g.in_layer.weight.device) for g in self.groups]
+        self.states = [_GroupState(g.n_units, g.n_features, g.in_layer.weight.device) for g in self.groups]
         self._out_mag: list[torch.Tensor | None] = [None] * len(self.groups)
         self.steps = 0
         self.last_replaced: list[torch.Tensor | None] = [None] * len(self.groups)
@@ -128,20 +138,26 @@ class ContinualBackprop:
 
     # -------------------------------------------------------------------------------------------- hooks
     def _reduce(self, i: int, h: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-unit statistics of one forward's features, computed on the device right away."""
+        """Per-feature statistics of one forward's features (what the next layer consumes), on the device."""
         g, s = self.groups[i], self.states[i]
-        dims = reduce_dims(g, h)
+        dims = g.feature_dims(h)
         out = {"abs": g.mean_abs(h)}
         if self._need_mean:
             out["mean"] = h.mean(dims, dtype=torch.float32)
         if self.utility == "adaptable_contribution":
             eta = self.decay_rate
             ma = s.mean_act * eta + out["mean"] * (1 - eta)
-            bc = 1 - eta ** (s.age + 1) if self.bias_correction else 1.0
+            if self.bias_correction:
+                ma = ma / (1 - eta ** (self._per_column(g, s.age) + 1))
             shape = [1] * h.dim()
-            shape[g.channel_dim % h.dim()] = -1
-            out["dev"] = (h - (ma / bc).to(h.dtype).view(shape)).abs().mean(dims, dtype=torch.float32)
+            shape[g.feature_axis(h)] = -1
+            out["dev"] = (h - ma.to(h.dtype).view(shape)).abs().mean(dims, dtype=torch.float32)
         return out
+
+    @staticmethod
+    def _per_column(g: UnitGroup, x: torch.Tensor) -> torch.Tensor:
+        """A per-unit tensor repeated for each of the unit's outgoing columns."""
+        return x if g.cols_per_unit == 1 else x.repeat_interleave(g.cols_per_unit)
 
     # ------------------------------------------------------------------------------------------- public
     @property
@@ -153,11 +169,13 @@ class ContinualBackprop:
         """The current (bias-corrected if enabled) utility of every unit, per group."""
         return [self._corrected(s.util, s) for s in self.states]
 
-    def _corrected(self, x: torch.Tensor, s: _GroupState) -> torch.Tensor:
+    def _corrected(self, x: torch.Tensor, s: _GroupState, g: UnitGroup | None = None) -> torch.Tensor:
+        """``x / (1 - η^age)``; ``g`` given: ``x`` is per outgoing column of ``g`` (the running mean)."""
         if not self.bias_correction or self.decay_rate == 0.0:
             return x.clone()
-        bc = 1 - self.decay_rate ** s.age
-        return torch.where(s.age > 0, x / bc.clamp_min(1e-12), torch.zeros_like(x))
+        age = s.age if g is None else self._per_column(g, s.age)
+        bc = 1 - self.decay_rate ** age
+        return torch.where(age > 0, x / bc.clamp_min(1e-12), torch.zeros_like(x))
 
     @torch.no_grad()
     def step(self) -> int:
@@ -188,11 +206,13 @@ class ContinualBackprop:
                 s.mean_act.mul_(eta).add_(f["mean"], alpha=1 - eta)
             out_mag = self._out_mag[i]
             if out_mag is None or (self.steps - 1) % self.out_refresh == 0:
-                out_mag = self._out_mag[i] = g.out_magnitude()
+                out_mag = self._out_mag[i] = g.out_magnitude(per_column=True)
+            # Σ over the unit's outgoing connections of |feature|·|weight|: per column, then per unit (a conv
+            # channel flattened into a Linear has one column per position, each with its own weights)
             if self.utility == "contribution":
-                new = f["abs"] * out_mag
+                new = g.per_unit(f["abs"] * out_mag)
             else:
-                new = f["dev"] * out_mag / g.in_magnitude().clamp_min(1e-12)
+                new = g.per_unit(f["dev"] * out_mag) / g.in_magnitude().clamp_min(1e-12)
             s.util.mul_(eta).add_(new, alpha=1 - eta)
 
             n_eligible = int(np.count_nonzero(s.age_host > self.maturity_threshold))
@@ -206,24 +226,28 @@ class ContinualBackprop:
             score = torch.nan_to_num(self._corrected(s.util, s), nan=-1.0)  # NaN utility: replace it first
             score = score.masked_fill(s.age <= self.maturity_threshold, float("inf"))
             idx = torch.topk(score, k, largest=False).indices
+            cols = g.out_columns(idx)
             shift = None
             if self.bias_transfer:
-                shift = self._corrected(s.mean_act, s)[idx]
+                shift = self._corrected(s.mean_act, s, g)[cols]
             # groups whose outgoing layer is g.in_layer: keep their cached Σ|w_out| valid by swapping the
             # contribution of the k redrawn rows (cheap) instead of re-reading the whole matrix
             feeders = [j for j, other in enumerate(self.groups)
-                       if other.out_layer is g.in_layer and self._out_mag[j] is not None]
-            old_rows = {j: self.groups[j].out_magnitude(rows=idx) for j in feeders}
+                       if any(o is g.in_layer for o in other.outgoing) and self._out_mag[j] is not None]
+            old_rows = {j: self.groups[j].out_magnitude(rows=idx, per_column=True, layer=g.in_layer)
+                        for j in feeders}
             reinit_units(g, idx, self.init, self.optimizer, bias_shift=shift)
             for j in feeders:
-                self._out_mag[j].add_(self.groups[j].out_magnitude(rows=idx) - old_rows[j])
+                self._out_mag[j].add_(self.groups[j].out_magnitude(rows=idx, per_column=True, layer=g.in_layer)
+                                      - old_rows[j])
             s.util.index_fill_(0, idx, 0.0)
-            s.mean_act.index_fill_(0, idx, 0.0)
+            s.mean_act.index_fill_(0, cols, 0.0)
             s.age.index_fill_(0, idx, 0.0)
             s.age_host[idx.cpu().numpy()] = 0  # the only host sync, on replacement steps
             s.n_replaced += k
             self.last_replaced[i] = idx
-            out_mag.index_fill_(0, idx, 0.0)  # the cached magnitudes: the replaced columns are now 0
+            if not g.residual:  # the cached magnitudes: the replaced columns are now 0
+                out_mag.index_fill_(0, cols, 0.0)
             total += k
         self.hooks.clear()
         return total
@@ -241,10 +265,12 @@ class ContinualBackprop:
             "groups": [{"name": g.name, "age": s.age.cpu().clone(), "util": s.util.cpu().clone(),
                         "mean_act": s.mean_act.cpu().clone(), "counter": s.counter, "n_replaced": s.n_replaced}
                        for g, s in zip(self.groups, self.states, strict=True)],
+            "adam_entry_ages": ages_state(self.optimizer),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict` output (the model and optimizer are restored separately)."""
+        """Restore :meth:`state_dict` output (the model and optimizer are restored separately; load the
+        optimizer's state first)."""
         names = [g["name"] for g in state["groups"]]
         if names != [g.name for g in self.groups]:
             raise ValueError(f"checkpoint has groups {names}, this model has {[g.name for g in self.groups]}")
@@ -257,6 +283,7 @@ class ContinualBackprop:
             s.age_host = d["age"].cpu().numpy().astype(np.int64)
             s.counter = float(d["counter"])
             s.n_replaced = int(d["n_replaced"])
+        load_ages_state(self.optimizer, state.get("adam_entry_ages"))
 
     def remove(self) -> None:
         """Remove the forward hooks (the object is unusable afterwards)."""

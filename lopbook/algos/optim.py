@@ -1,4 +1,4 @@
-"""Optimiser construction with validation (``upstream-spec.md`` §1.2).
+"""Optimiser construction with validation, as the paper's experiments use them.
 
 The paper's "L2" baseline is the optimiser's *coupled* weight decay (``grad += λ·w`` on every parameter, biases
 and output layer included); "NS Adam" in the RL chapter is Adam with ``betas=(0.99, 0.99)``.

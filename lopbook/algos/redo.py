@@ -5,7 +5,8 @@ Every ``reset_period`` steps, on the features of that step's training forward, e
 divides by the layer *mean*, not the sum, as its authors confirmed). Units with ``s_u <= threshold`` are
 re-initialised exactly like CBP replacements (:func:`lopbook.algos.units.reinit_units`): new incoming weights,
 incoming bias 0, outgoing weights 0 and their optimizer state (Adam moments, SGD momentum) zeroed, as the
-ReDo paper does (upstream ``GnTredo`` did not reset optimizer state).
+ReDo paper does (upstream ``GnTredo`` did not reset optimizer state); with Adam the reset entries also count
+their own steps (:mod:`lopbook.algos.adam_ages`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .adam_ages import ages_state, load_ages_state
 from .units import FeatureHooks, UnitGroup, check_init, find_unit_groups, reinit_units
 
 
@@ -48,7 +50,8 @@ class ReDo:
         self.steps = 0
         self.n_reset = [0] * len(self.groups)
         self.last_scores: list[torch.Tensor | None] = [None] * len(self.groups)
-        self.hooks = FeatureHooks(self.groups, lambda i, h: self.groups[i].mean_abs(h))
+        # ReDo's dormancy is a property of the activation itself (its paper scores activation outputs)
+        self.hooks = FeatureHooks(self.groups, lambda i, h: self.groups[i].mean_abs(h), at="activation")
         self._arm()
 
     def _arm(self) -> None:
@@ -81,13 +84,15 @@ class ReDo:
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "n_reset": list(self.n_reset),
-                "hparams": {"threshold": self.threshold, "reset_period": self.reset_period, "init": self.init}}
+                "hparams": {"threshold": self.threshold, "reset_period": self.reset_period, "init": self.init},
+                "adam_entry_ages": ages_state(self.optimizer)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if len(state["n_reset"]) != len(self.groups):
             raise ValueError(f"checkpoint has {len(state['n_reset'])} groups, this model {len(self.groups)}")
         self.steps = int(state["steps"])
         self.n_reset = [int(n) for n in state["n_reset"]]
+        load_ages_state(self.optimizer, state.get("adam_entry_ages"))
         self._arm()
 
     def remove(self) -> None:

@@ -1,4 +1,4 @@
-"""Task-boundary resets (``upstream-spec.md`` §1.9).
+"""Task-boundary resets (head reset and retraining, incremental CIFAR).
 
 - :func:`reset_head`: Continual ImageNet *zeroes* the output layer at the start of every task (all methods);
   incremental CIFAR-100's "head resetting" baseline re-initialises it (kaiming-normal 'linear', bias 0).

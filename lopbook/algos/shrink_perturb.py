@@ -1,4 +1,4 @@
-"""Shrink-and-Perturb (Ash & Adams 2020), in the form the paper's experiments ran (``upstream-spec.md`` §1.2).
+"""Shrink-and-Perturb (Ash & Adams 2020) as the paper ran it: the shrink is the optimiser's weight decay.
 
 Upstream form (default here): the "shrink" is the optimiser's *coupled* L2 weight decay (``weight_decay`` on the
 optimiser: ``grad += λ·w``) and the "perturb" is i.i.d. ``N(0, σ²)`` noise added to every weight and bias of every

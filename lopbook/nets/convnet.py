@@ -1,4 +1,4 @@
-"""The small ConvNet of the Continual ImageNet experiment (``upstream-spec.md`` §2.3).
+"""The small ConvNet of the Continual ImageNet experiment (Dohare et al. 2024, Methods).
 
 ``3x32x32 -> conv 5x5 (32) -> ReLU -> maxpool 2 -> conv 3x3 (64) -> ReLU -> maxpool 2 -> conv 3x3 (128) -> ReLU
 -> maxpool 2 -> flatten (128*2*2 = 512) -> fc 128 -> ReLU -> fc 128 -> ReLU -> fc num_classes``.

@@ -6,9 +6,11 @@ Init (as upstream re-applies it): kaiming-normal (fan_in, relu) for every conv, 
 the head, all biases 0, BN γ = 1, β = 0.
 
 Each block owns its ReLU modules (``relu1`` inside, ``relu2`` after the residual sum), so forward hooks see one
-layer's features each. For continual backprop only the block-internal units (conv1 -> bn1 -> relu1 -> conv2)
-are replaceable: the stem's and each block's output feed a residual sum, so zeroing one consumer would not
-silence them (:func:`lopbook.algos.units.find_unit_groups` skips them and says why).
+layer's features each. For continual backprop (:mod:`lopbook.algos.units`) the 17 hidden layers of the paper's
+network are replaceable: each block's conv1 (conv1 -> bn1 -> relu1 -> conv2, replaced by zeroing conv2's input
+channels) and, as *residual units*, the stem and each block's conv2, whose outputs also travel through the skip
+connections: they are silenced at their BatchNorm (scale and shift 0) instead. The 1x1 projection shortcuts are
+marked ``replaceable = False``: the paper's CBP does not treat them as hidden layers.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class BasicBlock(nn.Module):
         if stride != 1 or in_ch != out_ch:
             self.downsample = nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=True),
                                             nn.BatchNorm2d(out_ch))
+            self.downsample[0].replaceable = False  # a projection shortcut, not one of the 17 hidden layers
         self.relu2 = nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
