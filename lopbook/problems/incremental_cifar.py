@@ -1,4 +1,4 @@
-"""Class-incremental CIFAR-100 (``upstream-spec.md`` §2.4, §1.9), on :mod:`lopbook.engine`.
+"""Class-incremental CIFAR-100 (the paper's Fig. 2 and Methods), on :mod:`lopbook.engine`.
 
 The network starts with ``classes_per_increment`` classes and gains that many more at every increment; each
 increment trains for ``epochs`` passes over the training images of all classes seen so far. Per increment:
@@ -11,7 +11,7 @@ increment trains for ``epochs`` passes over the training images of all classes s
   classes; at the end of the increment the parameters (and BN statistics) with the best validation accuracy are
   restored. Optimiser and CBP state are not rolled back (as upstream);
 - **evaluation without augmentation and with BN in eval mode** (fixes upstream, which augmented its test set and
-  ran its analysis in train mode, §4.3 item 10): test accuracy of the restored model, then dormant units (the
+  ran its analysis in train mode): test accuracy of the restored model, then dormant units (the
   paper's rule: a channel is dormant if it is non-zero on fewer than 1 % of images x positions, pooled over all 17
   ReLU layers), effective and stable rank of the pooled 512-d features on ``analysis_size`` clean training
   images of the active classes, and mean |p| over all parameters.
