@@ -120,3 +120,5 @@ def test_paired_gap_is_a_per_seed_difference_with_a_t_interval():
     half = 4.302652729911275 * 0.005 / np.sqrt(3)  # t(0.975, 2) x sd / sqrt(n)
     assert abs((hi - lo) / 2 - half) < 1e-9 and lo > 0
     assert mean_ci([1.0, 1.0, 1.0]) == (1.0, 1.0, 1.0)
+    m, lo, hi = mean_ci([0.3])  # one seed: a mean, no interval
+    assert m == 0.3 and np.isnan(lo) and np.isnan(hi)

@@ -169,12 +169,15 @@ def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, floa
     """Mean of ``values`` (one per seed) and its Student-t confidence interval ``(mean, low, high)``.
 
     With 3-5 seeds the t quantile (4.30 for 3 seeds) matters: a normal 1.96 band would be less than half as wide.
+    One seed has no interval: ``(value, nan, nan)`` (the quick preset's single seed).
     """
     from scipy import stats
 
     v = np.asarray(values, dtype=float).ravel()
-    if v.size < 2:
-        raise ValueError(f"a confidence interval needs >= 2 seeds, got {v.size}")
+    if v.size == 0:
+        raise ValueError("mean_ci needs at least one value")
+    if v.size == 1:
+        return float(v[0]), float("nan"), float("nan")
     half = stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
     return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
 
