@@ -122,3 +122,17 @@ def test_paired_gap_is_a_per_seed_difference_with_a_t_interval():
     assert mean_ci([1.0, 1.0, 1.0]) == (1.0, 1.0, 1.0)
     m, lo, hi = mean_ci([0.3])  # one seed: a mean, no interval
     assert m == 0.3 and np.isnan(lo) and np.isnan(hi)
+
+
+def test_cpu_preset_scales_cbp_and_turns_flips_off():
+    from lopbook.experiments import get
+    from lopbook.experiments.incremental_cifar import cbp_settings
+
+    cfg = get("incremental_cifar").preset_config("cpu", None)
+    assert cfg.flip_p == 0.0 and cfg.cbp_scaled  # a mirrored digit is not the same digit
+    spec = cbp_settings(cfg, cfg.train_per_class)
+    steps = cfg.epochs * -(-cfg.classes_per_increment * cfg.train_per_class // cfg.batch_size)  # 30 x 4 = 120
+    assert abs(spec["replacement_rate"] * steps - 0.05) < 1e-12  # the paper's 1e-5 x 5,000 steps
+    assert spec["maturity_threshold"] == round(1000 * steps / 5000)
+    plain = cbp_settings(get("incremental_cifar").preset_config("full", None), 450)
+    assert (plain["replacement_rate"], plain["maturity_threshold"]) == (1e-5, 1000)  # the paper's, unscaled

@@ -106,6 +106,17 @@ def scaled_cbp(steps_first_increment: int, replacement_rate: float = 1e-5, matur
     return replacement_rate * scale, max(1, round(maturity / scale))
 
 
+def cbp_settings(cfg: IncrementalCIFARConfig, train_per_class: int) -> dict[str, Any]:
+    """The CBP spec of ``cfg``; with ``cfg.cbp_scaled``, ρ and maturity rescaled by :func:`scaled_cbp` to the
+    SGD steps of the first increment (``train_per_class`` images per class, the last batch of an epoch kept)."""
+    rho, maturity = cfg.cbp_replacement_rate, cfg.cbp_maturity
+    if cfg.cbp_scaled:
+        steps = cfg.epochs * math.ceil(cfg.classes_per_increment * train_per_class / cfg.batch_size)
+        rho, maturity = scaled_cbp(steps, rho, maturity)
+    return {"replacement_rate": rho, "maturity_threshold": maturity, "decay_rate": cfg.cbp_decay,
+            "utility": "contribution", "init": cfg.cbp_init}
+
+
 def run(cfg: IncrementalCIFARConfig, *, seeds: list[int], device: str, checkpoint: Checkpoint,
         progress: bool) -> RunOutput:
     """Train every method on every seed; resumable per increment through ``checkpoint``."""
@@ -119,13 +130,7 @@ def run(cfg: IncrementalCIFARConfig, *, seeds: list[int], device: str, checkpoin
 
         bar = tqdm(total=len(cfg.methods) * len(seeds) * cfg.num_increments, desc="incremental CIFAR",
                    unit="increment")
-    rho, maturity = cfg.cbp_replacement_rate, cfg.cbp_maturity
-    if cfg.cbp_scaled:
-        per_class = cfg.train_per_class if cfg.train_per_class is not None else len(data.train_y) // data.num_classes
-        steps = cfg.epochs * math.ceil(cfg.classes_per_increment * per_class / cfg.batch_size)
-        rho, maturity = scaled_cbp(steps, rho, maturity)
-    cbp = {"replacement_rate": rho, "maturity_threshold": maturity,
-           "decay_rate": cfg.cbp_decay, "utility": "contribution", "init": cfg.cbp_init}
+    cbp = cbp_settings(cfg, len(data.train_y) // data.num_classes)
     orders = np.stack([class_order(s, data.num_classes) for s in seeds])
     for si, seed in enumerate(seeds):
         stream = IncrementStream(data, orders[si], cfg.classes_per_increment, device, analysis_seed=seed)
@@ -220,4 +225,4 @@ EXPERIMENT = Experiment(
     },
 )
 
-__all__ = ["IncrementalCIFARConfig", "EXPERIMENT", "run", "scaled_cbp", "mean_ci", "paired_gap"]
+__all__ = ["IncrementalCIFARConfig", "EXPERIMENT", "run", "scaled_cbp", "cbp_settings", "mean_ci", "paired_gap"]
