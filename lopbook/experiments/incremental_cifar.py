@@ -206,7 +206,7 @@ EXPERIMENT = Experiment(
     presets={
         "quick": Preset({"data": "mnist_standin", "image_size": 16, "train_per_class": 20, "val_per_class": 10,
                          "test_per_class": 20, "classes_per_increment": 2, "num_increments": 2, "epochs": 2,
-                         "batch_size": 20, "width": 4, "crop_padding": 2, "cbp_replacement_rate": 1e-2,
+                         "batch_size": 20, "width": 4, "crop_padding": 2, "flip_p": 0.0, "cbp_replacement_rate": 1e-2,
                          "cbp_maturity": 2, "analysis_size": 80}, seeds=1, paper_scale=False,
                         note="2 increments x 2 epochs, width-4 ResNet-18 on 16x16 MNIST digits; a smoke test"),
         "cpu": Preset({"data": "mnist_derived", "image_size": 16, "train_per_class": 30, "val_per_class": 15,
