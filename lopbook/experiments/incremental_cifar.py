@@ -14,7 +14,7 @@ Presets:
   :func:`lopbook.data.derived_classes.digit_transform_classes` (real MNIST digits x 4 fixed transformations),
   10 increments of 2 classes, ResNet-18 with stage widths 8/16/32/64 (1/8 of the paper's) on 16x16 images,
   30 training images per class, 30 epochs per increment, batch 16, no augmentation, so that every network reaches
-  100% training accuracy on every increment (the paper's "trained to convergence") within ~20 CPU-minutes for
+  essentially 100% training accuracy on every increment (the paper's "trained to convergence") in ~20 CPU-minutes for
   3 seeds x (bp, cbp, retrain). CBP's ρ and maturity are the paper's, rescaled by :func:`scaled_cbp`.
 - ``full``: the paper's scale on the real CIFAR-100 (20 increments of 5 classes, 200 epochs, batch 90, width 64);
   downloads CIFAR-100 when online, needs a GPU (≈ 1 M steps per run).
