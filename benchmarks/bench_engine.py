@@ -5,8 +5,9 @@ pass. The DataLoader loop is the idiomatic baseline: a ``TensorDataset`` on the 
 per-batch ``.to(device)``, ``loss.item()`` and accuracy read back every step (a host sync per step). The engine
 keeps the data on the device, draws batches by an on-device permutation and fetches its logs once per task.
 
-Run: ``python benchmarks/bench_engine.py [--device cuda] [--batch-sizes 1 16 64] [--examples 4000]``.
-Prints examples/s for both and their ratio, measured in one run.
+Run: ``python benchmarks/bench_engine.py [--device cuda] [--batch-sizes 1 16 64] [--examples 4000] [--rounds 5]``.
+Prints examples/s for both and their ratio: the two run interleaved in rounds (alternating which goes first)
+and each one's median over the rounds is reported, so load changes on a shared machine hit both alike.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from _timing import interleaved, median
 from torch.utils.data import DataLoader, TensorDataset
 
 from lopbook.engine import Engine, EngineConfig
@@ -72,7 +74,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--examples", type=int, default=3000)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median reported)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
@@ -80,11 +82,13 @@ def main() -> None:
     labels = torch.randint(0, 10, (args.examples,), generator=g)
     print(f"device={args.device} width={args.width} examples={args.examples} threads={args.threads} "
           f"torch={torch.__version__}")
+    print(f"medians of {args.rounds} interleaved rounds")
     print(f"{'batch':>6} {'engine ex/s':>12} {'DataLoader ex/s':>16} {'ratio':>7}")
     for bs in args.batch_sizes:
-        # alternate the two and keep each one's best, so a noisy shared machine hurts both alike
-        e = max(bench_engine(images, labels, args.width, bs, args.device) for _ in range(args.repeats))
-        d = max(bench_dataloader(images, labels, args.width, bs, args.device) for _ in range(args.repeats))
+        sides = {"engine": lambda bs=bs: bench_engine(images, labels, args.width, bs, args.device),
+                 "loader": lambda bs=bs: bench_dataloader(images, labels, args.width, bs, args.device)}
+        rates = interleaved(sides, args.rounds)
+        e, d = median(rates["engine"]), median(rates["loader"])
         print(f"{bs:>6} {e:>12.0f} {d:>16.0f} {e / d:>6.2f}x")
 
 

@@ -167,37 +167,34 @@ def test_bookkeeping_ends_after_the_horizon_and_checkpoints() -> None:
     assert entry_ages(torch.optim.SGD(m.parameters(), lr=0.1)) is None
 
 
-def test_cbp_with_adam_resumes_identically() -> None:
-    def make(seed: int) -> tuple:
-        m = net(seed)
-        opt = torch.optim.Adam(m.parameters(), lr=1e-2, betas=(0.99, 0.99))
-        return m, opt, ContinualBackprop(m, opt, replacement_rate=0.05, maturity_threshold=5, decay_rate=0.9)
 
-    gen = torch.Generator().manual_seed(5)
-    batches = [(torch.randn(8, 3, generator=gen), torch.randn(8, 2, generator=gen)) for _ in range(60)]
+@pytest.mark.parametrize("betas", BETAS)
+def test_redo_resets_get_fresh_adam_steps_too(betas: tuple[float, float]) -> None:
+    from lopbook.algos.redo import ReDo
 
-    def go(m: nn.Module, opt: torch.optim.Optimizer, cbp: ContinualBackprop, bs: list) -> None:
-        for x, y in bs:
-            opt.zero_grad()
-            F.mse_loss(m(x), y).backward()
-            opt.step()
-            cbp.step()
-
-    torch.manual_seed(0)
-    full = make(0)
-    go(*full, batches)
-    torch.manual_seed(0)
-    m, opt, cbp = make(0)
-    go(m, opt, cbp, batches[:30])
-    assert cbp.state_dict()["adam_entry_ages"] is not None
-    ckpt = copy.deepcopy({"m": m.state_dict(), "o": opt.state_dict(), "c": cbp.state_dict(),
-                          "rng": torch.get_rng_state()})
-    m2, opt2, cbp2 = make(1)
-    m2.load_state_dict(ckpt["m"])
-    opt2.load_state_dict(ckpt["o"])
-    cbp2.load_state_dict(ckpt["c"])
-    torch.set_rng_state(ckpt["rng"])
-    go(m2, opt2, cbp2, batches[30:])
-    assert sum(cbp2.n_replaced) > 5
-    for pa, pb in zip(full[0].parameters(), m2.parameters(), strict=True):
-        assert torch.equal(pa, pb)
+    m = net(4)
+    lr = 1e-3
+    opt = torch.optim.AdamW(m.parameters(), lr=lr, betas=betas, weight_decay=1e-2)
+    redo = ReDo(m, opt, threshold=0.05, reset_period=300)
+    gen = torch.Generator().manual_seed(3)
+    w_true = torch.randn(3, 2, generator=gen)
+    moves, prev = [], None
+    for t in range(500):
+        if t == 298:  # unit 2 of the first layer goes dormant just before the reset step
+            with torch.no_grad():
+                m[0].weight[2], m[0].bias[2] = 0.0, 0.0
+        x = torch.randn(32, 3, generator=gen)
+        opt.zero_grad()
+        F.mse_loss(m(x), torch.sin(x @ w_true)).backward()
+        opt.step()
+        w = m[2].weight.detach()
+        if prev is not None:
+            moves.append((w[:, 2] - prev).abs() / lr)
+        if redo.step():
+            assert 2 in torch.nonzero(redo.last_scores[0] <= 0.05).flatten().tolist()
+            prev = w[:, 2].clone()
+        elif prev is not None:
+            prev = w[:, 2].clone()
+    moves = torch.stack(moves)
+    assert len(moves) == 200 and moves.max() <= 1.5
+    assert torch.allclose(moves[0], torch.ones_like(moves[0]), atol=0.03)

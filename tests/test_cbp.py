@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lopbook.algos.cbp import ContinualBackprop, utility_trace
-from lopbook.algos.units import UnitDiscoveryError, find_unit_groups, init_bound
+from lopbook.algos.units import UnitDiscoveryError, abs_sums, find_unit_groups, init_bound
 
 torch.set_num_threads(1)
 
@@ -329,6 +329,9 @@ def test_outgoing_magnitude_matches_reference() -> None:
     assert torch.allclose(g2.out_magnitude(), m[7].weight.abs().sum(0))
     rows = torch.tensor([3, 70, 149])
     assert torch.allclose(g1.out_magnitude(rows), m[5].weight[rows].abs().sum(0).view(150, 4).sum(1))
+    for w in (m[2].weight, m[5].weight):  # one chunked pass for both row and column sums
+        r, c = abs_sums(w)
+        assert torch.allclose(r, w.abs().flatten(1).sum(1)) and torch.allclose(c, w.abs().sum([0, *range(2, w.dim())]))
 
 
 def test_out_refresh_reuses_outgoing_magnitude() -> None:
@@ -344,7 +347,7 @@ def test_out_refresh_reuses_outgoing_magnitude() -> None:
                 train_step(m, opt, x, y)
                 cbp.step()
             utils[lr, refresh] = cbp.utilities()[0]
-    assert torch.equal(utils[0.0, 1], utils[0.0, 4])  # constant weights: caching changes nothing
+    assert torch.allclose(utils[0.0, 1], utils[0.0, 4], rtol=1e-6)  # constant weights: caching changes nothing
     assert not torch.allclose(utils[0.1, 1], utils[0.1, 4], rtol=1e-6, atol=0)
     assert torch.allclose(utils[0.1, 1], utils[0.1, 4], rtol=0.2)  # but only slightly
     # replacements keep the cache exact (lr 0: only CBP changes weights), without re-reading the matrices
@@ -355,8 +358,33 @@ def test_out_refresh_reuses_outgoing_magnitude() -> None:
         train_step(m, opt, x, y)
         cbp.step()
     assert min(cbp.n_replaced) >= 5
-    for g, cached in zip(cbp.groups, cbp._out_mag, strict=True):
-        assert torch.allclose(cached, g.out_magnitude(per_column=True), atol=1e-5)
+    for i, g in enumerate(cbp.groups):
+        assert torch.allclose(cbp.out_magnitude(i), g.out_magnitude(per_column=True), atol=1e-5)
+
+
+def test_out_refresh_rereads_a_rotating_slice_of_rows() -> None:
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 1))
+    cbp = ContinualBackprop(m, None, replacement_rate=0.0, utility="adaptable_contribution", out_refresh=2)
+    x = torch.randn(5, 4)
+
+    def step() -> None:
+        m(x).sum().backward()
+        cbp.step()
+
+    step()  # first step: everything read
+    w = m[2].weight  # group 0's outgoing layer (slices: rows 0-4, 5-9) and group 1's incoming layer
+    old_cols, old_rows = w.detach().abs().sum(0), w.detach().abs().sum(1)
+    with torch.no_grad():
+        w.add_(torch.sign(w))  # every |w| grows by exactly 1
+    step()  # step 2 re-reads slice 1 (rows 5-9) only
+    assert torch.allclose(cbp.out_magnitude(0), old_cols + 5)
+    expected_rows = old_rows.clone()
+    expected_rows[5:] += 6
+    assert torch.allclose(cbp.in_magnitude(1) * 6, expected_rows)
+    step()  # step 3: slice 0 -> exact again
+    assert torch.allclose(cbp.out_magnitude(0), w.detach().abs().sum(0))
+    assert torch.allclose(cbp.in_magnitude(1), w.detach().abs().mean(1))
 
 
 # -------------------------------------------------------------------------------- function invariance
@@ -542,15 +570,19 @@ def test_rate_zero_is_bitwise_plain_backprop() -> None:
     assert cbp.n_replaced == [0, 0]
 
 
-def _run(seed: int) -> tuple:
+def _run(seed: int, opt_name: str = "sgd") -> tuple:
     torch.manual_seed(seed)
     m = mlp(16, seed=seed)
-    opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    if opt_name == "sgd":
+        opt = torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9)
+    else:  # Adam: the replaced entries' own step counts must survive the checkpoint too
+        opt = torch.optim.Adam(m.parameters(), lr=1e-2, betas=(0.99, 0.99))
     cbp = ContinualBackprop(m, opt, replacement_rate=0.05, maturity_threshold=5, decay_rate=0.9, out_refresh=7)
     return m, opt, cbp
 
 
-def test_seeded_runs_repeat_exactly_and_resume_identically() -> None:
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_seeded_runs_repeat_exactly_and_resume_identically(opt_name: str) -> None:
     batches = data(60)
 
     def go(m: nn.Module, opt: torch.optim.Optimizer, cbp: ContinualBackprop, bs: list) -> None:
@@ -560,7 +592,7 @@ def test_seeded_runs_repeat_exactly_and_resume_identically() -> None:
 
     runs = []
     for _ in range(2):
-        m, opt, cbp = _run(0)
+        m, opt, cbp = _run(0, opt_name)
         go(m, opt, cbp, batches)
         runs.append((m, cbp))
     assert runs[0][1].n_replaced == runs[1][1].n_replaced and sum(runs[0][1].n_replaced) > 5
@@ -568,11 +600,12 @@ def test_seeded_runs_repeat_exactly_and_resume_identically() -> None:
         assert torch.equal(pa, pb)
 
     # interrupted run: 30 steps, checkpoint, rebuild everything, load, 30 more
-    m, opt, cbp = _run(0)
+    m, opt, cbp = _run(0, opt_name)
     go(m, opt, cbp, batches[:30])
+    assert (cbp.state_dict()["adam_entry_ages"] is not None) == (opt_name == "adam")
     ckpt = copy.deepcopy({"model": m.state_dict(), "opt": opt.state_dict(), "cbp": cbp.state_dict(),
                           "rng": torch.get_rng_state()})
-    m2, opt2, cbp2 = _run(99)
+    m2, opt2, cbp2 = _run(99, opt_name)
     m2.load_state_dict(ckpt["model"])
     opt2.load_state_dict(ckpt["opt"])
     cbp2.load_state_dict(ckpt["cbp"])

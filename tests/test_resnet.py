@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lopbook.algos.cbp import ContinualBackprop
+from lopbook.algos.units import find_unit_groups, reinit_units
 from lopbook.nets.resnet import BasicBlock, ResNet18
 
 torch.set_num_threads(1)
@@ -50,6 +51,9 @@ def test_cbp_covers_the_17_hidden_layers() -> None:
     # stem and block ends feed the residual stream: silenced at their BN, consumers = what reads the stream next
     assert all(groups[n].residual and isinstance(groups[n].norm, nn.BatchNorm2d) for n in HIDDEN if n.endswith("2"))
     assert groups["conv1"].residual and groups["conv1"].extra["consumer_names"] == ["layer1.0.conv1"]
+    # the stem's ReLU comes after its BN: silencing there would leave the unit without gradient (ReLU'(0) = 0)
+    assert not groups["conv1"].silence_at_norm
+    assert all(groups[n].silence_at_norm for n in HIDDEN if n.endswith("2"))
     assert groups["layer1.0.conv2"].extra["consumer_names"] == ["layer1.1.conv1"]
     assert sorted(groups["layer1.1.conv2"].extra["consumer_names"]) == ["layer2.0.conv1", "layer2.0.downsample.0"]
     assert groups["layer4.1.conv2"].extra["consumer_names"] == ["fc"]
@@ -75,12 +79,14 @@ def _ablate(net: nn.Module, cbp: ContinualBackprop, replaced: list) -> nn.Module
 
 def test_replacement_removes_exactly_the_replaced_units_in_every_layer() -> None:
     """After a replacement the net computes what it did without the replaced units, in eval *and* train mode,
-    for the block-internal and the residual units alike; the residual units' consumers are untouched."""
+    for the block-internal and the residual (block-end) units alike; the residual units' consumers are
+    untouched, and a silenced unit learns again (its BN scale gets a gradient)."""
     torch.manual_seed(0)
     net = ResNet18(10, widths=(8, 16, 16, 32))
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    groups = [g for g in find_unit_groups(net)[0] if g.name != "conv1"]  # the stem: see the next test
     cbp = ContinualBackprop(net, opt, replacement_rate=0.1, maturity_threshold=1, decay_rate=0.99,
-                            init="kaiming_normal")
+                            init="kaiming_normal", groups=groups)
     x, y = torch.randn(6, 3, 16, 16), torch.randint(0, 10, (6,))
     x_eval = torch.randn(3, 3, 16, 16)
     hit: set[str] = set()
@@ -117,33 +123,40 @@ def test_replacement_removes_exactly_the_replaced_units_in_every_layer() -> None
                         assert torch.equal(mods[name].weight, consumers_before[name])
             else:
                 assert (g.norm.weight[idx] == 1).all() and (g.out_layer.weight[:, idx] == 0).all()
+        revived = [(g, idx) for g, idx in zip(cbp.groups, cbp.last_replaced, strict=True)
+                   if idx is not None and g.residual]
     assert hit == {"plain", "residual"}
+    net.train()
+    opt.zero_grad()
+    F.cross_entropy(net(x), y).backward()
+    assert any(g.norm.weight.grad[idx].abs().max() > 0 for g, idx in revived)
 
 
-def test_the_authors_treatment_of_a_skip_connected_unit_changes_the_function() -> None:
-    """ResGnT resets a stem channel's BN to identity and zeroes only the next conv's input channel: the new,
-    random channel still flows through the identity shortcut. Silencing it at the BN does not change anything
-    but the removed unit."""
+def test_stem_units_are_replaced_as_the_authors_do_and_stay_trainable() -> None:
+    """A stem unit (conv -> BN -> ReLU -> block 1 and its shortcut) silenced at its BN would be dead for good:
+    ReLU'(0) = 0 leaves its BN scale without gradient. So it is replaced as in the authors' ResGnT: BN to
+    identity, next conv's input channel 0; the new channel still reaches block 1 through the shortcut, the one
+    place where a replacement changes the function."""
     torch.manual_seed(1)
-    net = ResNet18(10, widths=(8, 16, 16, 32)).eval()
-    x = torch.randn(4, 3, 16, 16)
+    net = ResNet18(10, widths=(8, 16, 16, 32))
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    stem = find_unit_groups(net)[0][0]
     idx = torch.tensor([3])
-    cbp = ContinualBackprop(net, None, init="kaiming_normal")
-    stem = cbp.groups[0]
-    ref = _ablate(net, cbp, [idx] + [None] * (len(cbp.groups) - 1))
-    authors = copy.deepcopy(net)
+    ablated = copy.deepcopy(net)
     with torch.no_grad():
-        authors.conv1.weight[idx] = torch.randn_like(authors.conv1.weight[idx]) * (2 / 27) ** 0.5
-        authors.conv1.bias[idx] = 0.0
-        authors.bn1.weight[idx], authors.bn1.bias[idx] = 1.0, 0.0
-        authors.bn1.running_mean[idx], authors.bn1.running_var[idx] = 0.0, 1.0
-        authors.layer1[0].conv1.weight[:, idx] = 0.0
-        from lopbook.algos.units import reinit_units
-
-        reinit_units(stem, idx, "kaiming_normal")
-        ours, expected, theirs = net(x), ref(x), authors(x)
-    assert torch.allclose(ours, expected, atol=1e-6)
-    assert (theirs - expected).abs().max() > 1e-2
+        ablated.bn1.weight[idx], ablated.bn1.bias[idx] = 0.0, 0.0  # silenced at the BN ...
+    F.cross_entropy(ablated(x), y).backward()
+    assert ablated.bn1.weight.grad[idx].abs().max() == 0 and ablated.bn1.bias.grad[idx].abs().max() == 0
+    assert ablated.conv1.weight.grad[idx].abs().max() == 0  # ... it would never learn again
+    before = copy.deepcopy(net).eval()
+    reinit_units(stem, idx, "kaiming_normal")
+    assert (net.bn1.weight[idx] == 1).all() and (net.bn1.bias[idx] == 0).all()
+    assert (net.layer1[0].conv1.weight[:, idx] == 0).all()
+    with torch.no_grad():
+        assert (net.eval()(x) - before(x)).abs().max() > 1e-3  # the shortcut carries the new channel
+    net.train()
+    F.cross_entropy(net(x), y).backward()
+    assert net.conv1.weight.grad[idx].abs().max() > 0 and net.layer1[0].conv1.weight.grad[:, idx].abs().max() > 0
 
 
 def test_small_resnet_learns_a_batch() -> None:

@@ -106,7 +106,7 @@ class EntryAges:
         """Re-do the last update of young entries with their own step count (the step post-hook)."""
         if not self._tracks:
             return
-        done = []
+        done, jobs = [], []
         for group in self.optimizer.param_groups:
             b1, b2 = group["betas"]
             b1, b2 = float(b1), float(b2)
@@ -128,44 +128,59 @@ class EntryAges:
                 v = state["max_exp_avg_sq"] if group.get("amsgrad", False) else state["exp_avg_sq"]
                 hp = (float(group["lr"]), b1, b2, float(group["eps"]), t)
                 if young_rows.size:
-                    self._redo(p, state["exp_avg"], v, hp, 0, young_rows, tr, young_rows_mask=None)
+                    jobs.append(self._job(p, state["exp_avg"], v, hp, 0, young_rows, tr, None))
                 if young_cols.size:
                     mask = np.zeros(p.shape[0], dtype=bool)
                     mask[young_rows] = True  # those rows were redone above, column ages included
-                    self._redo(p, state["exp_avg"], v, hp, 1, young_cols, tr, young_rows_mask=mask)
+                    jobs.append(self._job(p, state["exp_avg"], v, hp, 1, young_cols, tr, mask))
         for k in done:
             del self._tracks[k]
+        if jobs:
+            self._redo(jobs)
 
     @staticmethod
-    def _redo(p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, hp: tuple, dim: int, index: np.ndarray,
-              tr: _Track, young_rows_mask: np.ndarray | None) -> None:
+    def _job(p: torch.Tensor, m: torch.Tensor, v: torch.Tensor, hp: tuple, dim: int, index: np.ndarray,
+             tr: _Track, young_rows_mask: np.ndarray | None) -> tuple:
+        """Host-side part of a redo: the entries' ages and their bias-correction factors."""
         lr, b1, b2, eps, t = hp
-        dev = p.device
-        idx = torch.from_numpy(index).to(dev)
-        shape = [1] * p.dim()
-        if dim == 0:
-            age = torch.from_numpy(t - tr.rows[index]).to(dev, torch.float64)
-            shape[0] = -1
-            age = age.view(shape)
-            if tr.cols is not None:  # an entry's age is the younger of its row's and its column's
-                col_shape = [1] * p.dim()
-                col_shape[1] = -1
-                age = torch.minimum(age, torch.from_numpy(t - tr.cols).to(dev, torch.float64).view(col_shape))
-        else:
-            age = torch.from_numpy(t - tr.cols[index]).to(dev, torch.float64)
-            shape[1] = -1
-            age = age.view(shape)
-            row_shape = [1] * p.dim()
-            row_shape[0] = -1
-            skip = torch.from_numpy(young_rows_mask).to(dev).view(row_shape)
-            age = torch.where(skip, torch.tensor(float(t), dtype=torch.float64, device=dev), age)
-        age = age.clamp(1, t)
-        mi, root = m.index_select(dim, idx), v.index_select(dim, idx).sqrt()
-        applied = mi / (root / math.sqrt(1 - b2 ** t) + eps) * (lr / (1 - b1 ** t))  # what Adam just did
-        bc1 = (1 - torch.pow(b1, age)).to(p.dtype)
-        bc2 = (1 - torch.pow(b2, age)).sqrt().to(p.dtype)
-        wanted = mi / (root / bc2 + eps) * (lr / bc1)
-        p.index_add_(dim, idx, torch.where(age < t, applied - wanted, 0.0).to(p.dtype))
+        if dim == 0:  # a block of rows; an entry's age is the younger of its row's and its column's
+            age = (t - tr.rows[index]).astype(np.float64)[:, None]
+            if tr.cols is not None:
+                col_age = (t - tr.cols).astype(np.float64)
+                if (col_age < age.max()).any():
+                    age = np.minimum(age, col_age[None, :])
+        else:  # a block of columns, minus the rows already redone
+            age = (t - tr.cols[index]).astype(np.float64)[None, :]
+            if young_rows_mask is not None and young_rows_mask.any():
+                age = np.where(young_rows_mask[:, None], float(t), age)
+        age = np.clip(age, 1, t)
+        shape = [*age.shape] + [1] * (p.dim() - age.ndim) if p.dim() > 1 else [age.shape[0]]
+        dev, dt = p.device, p.dtype
+        step_k = torch.from_numpy((lr / (1 - b1 ** age)).astype(np.float32)).to(dev, dt).view(shape)
+        scale_k = torch.from_numpy((1 / np.sqrt(1 - b2 ** age)).astype(np.float32)).to(dev, dt).view(shape)
+        return (p, m, v, dim, torch.from_numpy(index).to(dev), step_k, scale_k,
+                lr / (1 - b1 ** t), 1 / math.sqrt(1 - b2 ** t), eps)
+
+    @staticmethod
+    def _redo(jobs: list[tuple]) -> None:
+        """Add ``lr·m̂_t/(√v̂_t+ε) − lr·m̂_k/(√v̂_k+ε)`` to every job's entries: what Adam just did with the
+        shared step ``t`` minus what a per-entry step ``k`` does (batched over tensors with ``_foreach`` ops)."""
+        p, m, v, dim, idx, step_k, scale_k, step_t, scale_t, eps = (list(x) for x in zip(*jobs, strict=True))
+        mi = [mm.index_select(d, i) for mm, d, i in zip(m, dim, idx, strict=True)]
+        root = [vv.index_select(d, i) for vv, d, i in zip(v, dim, idx, strict=True)]
+        torch._foreach_sqrt_(root)
+        fix = torch._foreach_mul(root, scale_t)
+        torch._foreach_add_(fix, eps)
+        torch._foreach_reciprocal_(fix)
+        torch._foreach_mul_(fix, step_t)
+        torch._foreach_mul_(root, scale_k)
+        torch._foreach_add_(root, eps)
+        torch._foreach_reciprocal_(root)
+        torch._foreach_mul_(root, step_k)
+        torch._foreach_sub_(fix, root)
+        torch._foreach_mul_(fix, mi)
+        for pp, d, i, f in zip(p, dim, idx, fix, strict=True):
+            pp.index_add_(d, i, f)
 
     # ------------------------------------------------------------------------------------------ checkpoint
     def state_dict(self) -> dict[str, Any]:

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .adam_ages import ages_state, load_ages_state
+from .magnitudes import LayerSums
 from .units import FeatureHooks, UnitGroup, check_init, find_unit_groups, reinit_units
 
 UTILITIES = ("contribution", "adaptable_contribution")
@@ -92,9 +93,10 @@ class ContinualBackprop:
         bias_transfer: before zeroing a replaced unit's outgoing weights, add its mean contribution
             ``W_out[:, u]·ĥ_u`` to the next layer's bias (what upstream GnT intended but never did: its
             statistic was zeroed first, so it added 0). Off by default, like every upstream run.
-        out_refresh: recompute ``Σ|W_out[:, u]|`` every this many steps (1, the default, is exactly Algorithm 1).
-            Larger values reuse the last value in between: the outgoing weights change little per step, and on a
-            memory-bound CPU step (batch 1) reading every outgoing matrix each step is the main cost of CBP.
+        out_refresh: recompute ``Σ|W_out[:, u]|`` (and, for the adaptable utility, mean ``|W_in[u, :]|``) every
+            this many steps (1, the default, is exactly Algorithm 1). Larger values reuse the last values in
+            between (kept exact for replaced units): the weights change little per step, and on a memory-bound
+            CPU step (batch 1) reading every weight matrix once per step is the main cost of CBP.
         groups: explicit unit groups instead of automatic discovery.
     """
 
@@ -131,7 +133,14 @@ class ContinualBackprop:
                                      "use bias_transfer=False or give that layer a bias")
         self._need_mean = utility == "adaptable_contribution" or bias_transfer
         self.states = [_GroupState(g.n_units, g.n_features, g.in_layer.weight.device) for g in self.groups]
-        self._out_mag: list[torch.Tensor | None] = [None] * len(self.groups)
+        # Σ|w| of every layer a utility reads, each matrix once (outgoing of one group, incoming of the next)
+        self._sums: dict[int, LayerSums] = {}
+        adaptable = utility == "adaptable_contribution"
+        for g in self.groups:
+            for o in g.outgoing:
+                self._layer_sums(o).want_cols = True
+            if adaptable:
+                self._layer_sums(g.in_layer).want_rows = True
         self.steps = 0
         self.last_replaced: list[torch.Tensor | None] = [None] * len(self.groups)
         self.hooks = FeatureHooks(self.groups, self._reduce)
@@ -142,13 +151,13 @@ class ContinualBackprop:
         g, s = self.groups[i], self.states[i]
         dims = g.feature_dims(h)
         out = {"abs": g.mean_abs(h)}
-        if self._need_mean:
-            out["mean"] = h.mean(dims, dtype=torch.float32)
+        if self._need_mean:  # mean h = mean |h| for non-negative features
+            out["mean"] = out["abs"] if g.nonnegative else h.mean(dims, dtype=torch.float32)
         if self.utility == "adaptable_contribution":
             eta = self.decay_rate
-            ma = s.mean_act * eta + out["mean"] * (1 - eta)
+            ma = torch.lerp(s.mean_act, out["mean"], 1 - eta)  # η·mean_act + (1 − η)·mean
             if self.bias_correction:
-                ma = ma / (1 - eta ** (self._per_column(g, s.age) + 1))
+                ma.div_(self._per_column(g, 1 - eta ** (s.age + 1)))
             shape = [1] * h.dim()
             shape[g.feature_axis(h)] = -1
             out["dev"] = (h - ma.to(h.dtype).view(shape)).abs().mean(dims, dtype=torch.float32)
@@ -189,10 +198,13 @@ class ContinualBackprop:
                                "(with grad enabled), backward and optimizer.step() of the model it was built on")
         self.steps += 1
         eta, total = self.decay_rate, 0
-        for i, (g, s) in enumerate(zip(self.groups, self.states, strict=True)):
+        for g, s in zip(self.groups, self.states, strict=True):
             if s.util.device != g.in_layer.weight.device:  # the model was moved after construction
                 s.to(g.in_layer.weight.device)
-                self._out_mag[i] = None
+                for ls in self._sums.values():
+                    ls.to(ls.layer.weight.device)
+        for ls in self._sums.values():
+            ls.refresh(self.steps - 1)
         # Deepest group first: if units of consecutive layers are replaced together, the shallower layer's
         # zeroed outgoing columns are written last, so they stay 0 in the deeper layer's fresh rows too.
         for i in reversed(range(len(self.groups))):
@@ -204,15 +216,13 @@ class ContinualBackprop:
             s.age_host += 1
             if self._need_mean:
                 s.mean_act.mul_(eta).add_(f["mean"], alpha=1 - eta)
-            out_mag = self._out_mag[i]
-            if out_mag is None or (self.steps - 1) % self.out_refresh == 0:
-                out_mag = self._out_mag[i] = g.out_magnitude(per_column=True)
+            out_mag = self.out_magnitude(i)
             # Σ over the unit's outgoing connections of |feature|·|weight|: per column, then per unit (a conv
             # channel flattened into a Linear has one column per position, each with its own weights)
             if self.utility == "contribution":
                 new = g.per_unit(f["abs"] * out_mag)
             else:
-                new = g.per_unit(f["dev"] * out_mag) / g.in_magnitude().clamp_min(1e-12)
+                new = g.per_unit(f["dev"] * out_mag) / self.in_magnitude(i).clamp_min(1e-12)
             s.util.mul_(eta).add_(new, alpha=1 - eta)
 
             n_eligible = int(np.count_nonzero(s.age_host > self.maturity_threshold))
@@ -230,27 +240,40 @@ class ContinualBackprop:
             shift = None
             if self.bias_transfer:
                 shift = self._corrected(s.mean_act, s, g)[cols]
-            # groups whose outgoing layer is g.in_layer: keep their cached Σ|w_out| valid by swapping the
-            # contribution of the k redrawn rows (cheap) instead of re-reading the whole matrix
-            feeders = [j for j, other in enumerate(self.groups)
-                       if any(o is g.in_layer for o in other.outgoing) and self._out_mag[j] is not None]
-            old_rows = {j: self.groups[j].out_magnitude(rows=idx, per_column=True, layer=g.in_layer)
-                        for j in feeders}
+            # keep the cached magnitudes exact: re-read the k redrawn rows, zero the zeroed columns
+            in_sums = self._sums.get(id(g.in_layer))
+            before = None if in_sums is None else in_sums.snapshot_rows(idx)
             reinit_units(g, idx, self.init, self.optimizer, bias_shift=shift)
-            for j in feeders:
-                self._out_mag[j].add_(self.groups[j].out_magnitude(rows=idx, per_column=True, layer=g.in_layer)
-                                      - old_rows[j])
+            if in_sums is not None:
+                in_sums.rows_redrawn(idx, before)
+            if not g.residual:
+                self._sums[id(g.out_layer)].cols_zeroed(cols)
+            elif not g.silence_at_norm:
+                for o in g.outgoing:
+                    self._sums[id(o)].cols_zeroed(cols)
             s.util.index_fill_(0, idx, 0.0)
             s.mean_act.index_fill_(0, cols, 0.0)
             s.age.index_fill_(0, idx, 0.0)
             s.age_host[idx.cpu().numpy()] = 0  # the only host sync, on replacement steps
             s.n_replaced += k
             self.last_replaced[i] = idx
-            if not g.residual:  # the cached magnitudes: the replaced columns are now 0
-                out_mag.index_fill_(0, cols, 0.0)
             total += k
         self.hooks.clear()
         return total
+
+    def _layer_sums(self, layer: nn.Module) -> LayerSums:
+        if id(layer) not in self._sums:
+            self._sums[id(layer)] = LayerSums(layer, rows=False, cols=False, refresh=self.out_refresh)
+        return self._sums[id(layer)]
+
+    def out_magnitude(self, i: int) -> torch.Tensor:
+        """Cached ``Σ|W_out|`` per outgoing column of group ``i`` (over all its outgoing layers)."""
+        return sum(self._sums[id(o)].col for o in self.groups[i].outgoing)
+
+    def in_magnitude(self, i: int) -> torch.Tensor:
+        """Cached mean ``|W_in|`` per unit of group ``i`` (adaptable utility only)."""
+        w = self.groups[i].in_layer.weight
+        return self._sums[id(self.groups[i].in_layer)].row / w[0].numel()
 
     # ---------------------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
@@ -261,7 +284,7 @@ class ContinualBackprop:
                         "decay_rate": self.decay_rate, "utility": self.utility, "init": self.init,
                         "bias_correction": self.bias_correction, "bias_transfer": self.bias_transfer,
                         "out_refresh": self.out_refresh},
-            "out_mag": [None if t is None else t.cpu().clone() for t in self._out_mag],
+            "magnitudes": [ls.state_dict() for ls in self._sums.values()],
             "groups": [{"name": g.name, "age": s.age.cpu().clone(), "util": s.util.cpu().clone(),
                         "mean_act": s.mean_act.cpu().clone(), "counter": s.counter, "n_replaced": s.n_replaced}
                        for g, s in zip(self.groups, self.states, strict=True)],
@@ -275,8 +298,9 @@ class ContinualBackprop:
         if names != [g.name for g in self.groups]:
             raise ValueError(f"checkpoint has groups {names}, this model has {[g.name for g in self.groups]}")
         self.steps = int(state["steps"])
-        self._out_mag = [None if t is None else t.to(g.in_layer.weight.device).clone()
-                         for t, g in zip(state.get("out_mag", [None] * len(self.groups)), self.groups, strict=True)]
+        if "magnitudes" in state:
+            for ls, d in zip(self._sums.values(), state["magnitudes"], strict=True):
+                ls.load_state_dict(d)
         for g, s, d in zip(self.groups, self.states, state["groups"], strict=True):
             dev = g.in_layer.weight.device
             s.age, s.util, s.mean_act = (d[k].to(dev).clone() for k in ("age", "util", "mean_act"))

@@ -60,8 +60,24 @@ def _silences_at_zero(act: nn.Module | None) -> bool:
     """Whether ``act(0) == 0``, so a unit whose norm output is 0 outputs 0."""
     if act is None:
         return True
-    with torch.no_grad():
-        return bool(act(torch.zeros(1, 1)).abs().max() == 0)
+    try:
+        with torch.no_grad():
+            return bool(act(torch.zeros(1, 1)).abs().max() == 0)
+    except Exception:  # noqa: BLE001 - a custom activation that cannot take a (1, 1) input: not provable
+        return False
+
+
+def _dead_at_zero(act: nn.Module | None) -> bool:
+    """Whether ``act`` has zero gradient at 0 (ReLU): a unit silenced before it would never learn again."""
+    if act is None:
+        return False
+    try:
+        with torch.enable_grad():
+            x = torch.zeros(1, 1, requires_grad=True)
+            act(x).sum().backward()
+    except Exception:  # noqa: BLE001 - cannot tell: assume the worst (treat the unit as the authors do)
+        return True
+    return x.grad is None or bool(x.grad.abs().max() == 0)
 
 
 def _stream_consumers(term: fx.Node, modules: dict[str, nn.Module]) -> tuple[list[tuple[str, nn.Module]], str]:
@@ -104,7 +120,10 @@ def find_unit_groups(model: nn.Module) -> tuple[list[UnitGroup], dict[str, str]]
     * *residual*: ``Linear/Conv -> BatchNorm -> [activation with act(0) = 0]`` whose output feeds a residual sum
       or several layers (the stem and every block's last conv of a ResNet). A replacement sets the unit's BN
       scale and shift to 0, which silences it on every path; its consumers (the weight layers that read the
-      stream next) are only used for its utility.
+      stream next) are only used for its utility. Where an activation with zero gradient at 0 (ReLU) follows
+      the BN (a ResNet stem), a silenced unit could never learn again; there the BN goes back to identity and
+      the consumers' input columns are zeroed (``silence_at_norm=False``), and the skip path still carries
+      the new unit.
 
     A weight layer with ``replaceable = False`` set on the module is skipped (e.g. ResNet projection
     shortcuts). Returns ``(groups, skipped)`` where ``skipped`` maps each weight layer that is *not* a group to
@@ -247,6 +266,6 @@ def _residual_group(name: str, in_layer: nn.Module, norm: nn.Module, act: nn.Mod
     probe = act if act is not None else norm  # the module whose output is the unit's term
     names = [c for c, _ in consumers]
     return UnitGroup(name=name, in_layer=in_layer, act=probe, out_layer=consumers[0][1], norm=norm,
-                     residual=True, consumers=[c for _, c in consumers],
+                     residual=True, consumers=[c for _, c in consumers], silence_at_norm=not _dead_at_zero(act),
                      extra={"act_name": act_name or str(term.target), "out_name": names[0],
                             "consumer_names": names}), ""

@@ -14,10 +14,12 @@ and shift are set to 0** (its term in the residual sum is 0 on every path; the s
 outgoing weight) and the consumers are left alone.
 
 What the network computes right after a replacement: what it computed before *without the replaced units*
-(their outgoing weights, or BN scale and shift, set to 0) -- unchanged when a unit was silent (a dead ReLU). Two
-exceptions: with a LayerNorm between the layer and its activation, the new unit's pre-activation enters the
-layer's mean and variance, so every unit of the layer changes; and in train mode a BatchNorm *after* the outgoing
-layer sees different batch statistics (in eval mode, with running statistics, the statement holds exactly).
+(their outgoing weights, or BN scale and shift, set to 0), in train and eval mode -- unchanged when a unit was
+silent (a dead ReLU). Two exceptions: with a LayerNorm between the layer and its activation, the new unit's
+pre-activation enters the layer's mean and variance, so every unit of the layer changes; and a residual unit
+with a ReLU after its BatchNorm (a ResNet stem) cannot be silenced there (ReLU'(0) = 0: it would never learn
+again), so it is treated as the authors did (BN to identity, consumers' input columns 0) and the new unit
+reaches the next block through the skip connection.
 
 Groups are found automatically with ``torch.fx`` (:func:`lopbook.algos.discovery.find_unit_groups`).
 Features are captured by hooks (:class:`FeatureHooks`): for continual backprop, what the outgoing layer
@@ -38,7 +40,7 @@ from torch import nn
 
 from .adam_ages import entry_ages
 
-_CHUNK = 64  # rows per chunk when summing |W_out| on the CPU
+_CHUNK = 128  # rows per chunk when summing |w| on the CPU (a 2000-wide chunk is 1 MB: cache-sized)
 
 INIT_NAMES = ("default", "kaiming_uniform", "kaiming_normal", "xavier", "lecun")
 
@@ -62,6 +64,9 @@ class UnitGroup:
         residual: the units feed a residual sum (or several layers); a replacement silences them at ``norm``.
         consumers: a residual group's weight layers that read the stream right after it (its utility's
             outgoing weights); empty for a plain group (then ``out_layer`` is the one consumer).
+        silence_at_norm: for a residual group, a replacement sets the BN scale and shift to 0 (True) or, where a
+            ReLU after the BN would then never pass a gradient again (the ResNet stem), resets the BN to
+            identity and zeroes every consumer's input columns (False: the skip path still carries the unit).
     """
 
     name: str
@@ -73,6 +78,7 @@ class UnitGroup:
     extra: dict[str, Any] = field(default_factory=dict)
     residual: bool = False
     consumers: list[nn.Module] = field(default_factory=list)
+    silence_at_norm: bool = True
 
     @property
     def outgoing(self) -> list[nn.Module]:
@@ -143,27 +149,73 @@ class UnitGroup:
         s = sum(column_abs_sum(o.weight.detach(), rows) for o in ([layer] if layer is not None else self.outgoing))
         return s if per_column else self.per_unit(s)
 
-    def in_magnitude(self) -> torch.Tensor:
-        """Mean |incoming weight| per unit."""
+    def in_magnitude(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean |incoming weight| per unit (only units ``rows`` if given)."""
         w = self.in_layer.weight.detach()
-        return w.abs().flatten(1).mean(1)
+        if rows is not None:
+            return w.index_select(0, rows).abs_().flatten(1).mean(1)
+        return abs_sums(w, rows=True, cols=False)[0] / w[0].numel()
 
 
 def column_abs_sum(w: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
     """``Σ|w|`` per input column of a weight (summed over output rows and kernel positions)."""
-    dims = [0, *range(2, w.dim())]
     if rows is not None:
-        return w.index_select(0, rows).abs_().sum(dims)
-    if w.device.type == "cpu" and w.shape[0] > _CHUNK:
-        # cache-sized chunks: one pass over memory instead of writing and re-reading a full |w| (this read
-        # is CBP's main cost on a memory-bound CPU step; linalg.vector_norm over dim 0 is far slower)
-        buf = torch.empty((_CHUNK, *w.shape[1:]), dtype=w.dtype)
-        s = torch.zeros(w.shape[1], dtype=w.dtype)
-        for i in range(0, w.shape[0], _CHUNK):
-            c = w[i:i + _CHUNK]
-            s += torch.abs(c, out=buf[:c.shape[0]]).sum(dims)
-        return s
-    return w.abs().sum(dims)
+        return w.index_select(0, rows).abs_().sum([0, *range(2, w.dim())])
+    return abs_sums(w, rows=False, cols=True)[1]
+
+
+_WORKSPACE: dict[tuple, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = {}
+
+
+def _workspace(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """A reusable |chunk| buffer and ones vectors for weights shaped like ``w`` (CPU): no allocation per call."""
+    key = (tuple(w.shape[1:]), w.dtype)
+    if key not in _WORKSPACE:
+        _WORKSPACE[key] = (torch.empty((_CHUNK, *w.shape[1:]), dtype=w.dtype),
+                           torch.ones(w.shape[1], dtype=w.dtype) if w.dim() == 2 else None,
+                           torch.ones(_CHUNK, dtype=w.dtype))
+    return _WORKSPACE[key]
+
+
+def abs_sums(w: torch.Tensor, rows: bool = True, cols: bool = True, out_rows: torch.Tensor | None = None,
+             out_cols: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``Σ|w|`` per output row and/or per input column of a weight, in one pass over it.
+
+    Rows sum over inputs and kernel positions, columns over outputs and kernel positions; ``out_rows`` and
+    ``out_cols`` receive them if given. On the CPU the weight is read in cache-sized chunks through one small
+    reused buffer: no |w|-sized temporary (allocating one costs page faults on every call, and on a
+    memory-bound batch-1 step this read is continual backprop's main cost).
+    """
+    w = w.detach()
+    col_dims = [0, *range(2, w.dim())]
+    if w.device.type != "cpu" or w.shape[0] <= _CHUNK:
+        a = w.abs()
+        r = c = None
+        if rows:
+            r = torch.sum(a.flatten(1), 1, out=out_rows) if out_rows is not None else a.flatten(1).sum(1)
+        if cols:
+            c = torch.sum(a, col_dims, out=out_cols) if out_cols is not None else a.sum(col_dims)
+        return r, c
+    buf, ones_in, ones_chunk = _workspace(w)
+    r = (out_rows if out_rows is not None else torch.empty(w.shape[0], dtype=w.dtype)) if rows else None
+    c = None
+    if cols:
+        c = out_cols.zero_() if out_cols is not None else torch.zeros(w.shape[1], dtype=w.dtype)
+    for i in range(0, w.shape[0], _CHUNK):
+        chunk = w[i:i + _CHUNK]
+        k = chunk.shape[0]
+        a = torch.abs(chunk, out=buf[:k])
+        if ones_in is not None:  # a matrix: both sums as matrix-vector products on the cached chunk (faster)
+            if r is not None:
+                torch.mv(a, ones_in, out=r[i:i + k])
+            if c is not None:
+                c.addmv_(a.t(), ones_chunk[:k])
+            continue
+        if r is not None:
+            torch.sum(a.flatten(1), 1, out=r[i:i + k])
+        if c is not None:
+            c += a.sum(col_dims)
+    return r, c
 
 
 def find_unit_groups(model: nn.Module) -> tuple[list[UnitGroup], dict[str, str]]:
@@ -309,7 +361,7 @@ def reinit_units(group: UnitGroup, idx: torch.Tensor, init: str = "default",
     if norm is not None:
         if getattr(norm, "weight", None) is not None:
             # a residual unit is silenced here (scale 0): its term in the residual sum is 0 on every path
-            norm.weight.index_fill_(0, idx, 0.0 if group.residual else 1.0)
+            norm.weight.index_fill_(0, idx, 0.0 if group.residual and group.silence_at_norm else 1.0)
             _zero_state(optimizer, norm.weight, idx, 0)
         if getattr(norm, "bias", None) is not None:
             norm.bias.index_fill_(0, idx, 0.0)
@@ -320,6 +372,10 @@ def reinit_units(group: UnitGroup, idx: torch.Tensor, init: str = "default",
     if group.residual:
         if bias_shift is not None:
             raise ValueError(f"bias transfer is not defined for the residual units of '{group.name}'")
+        if not group.silence_at_norm:  # as the authors' ResGnT: zero what reads the unit through weights
+            for layer in group.outgoing:
+                layer.weight.index_fill_(1, idx, 0.0)
+                _zero_state(optimizer, layer.weight, idx, 1)
         return
     w_out = group.out_layer.weight
     cols = group.out_columns(idx)

@@ -9,8 +9,9 @@ Each block owns its ReLU modules (``relu1`` inside, ``relu2`` after the residual
 layer's features each. For continual backprop (:mod:`lopbook.algos.units`) the 17 hidden layers of the paper's
 network are replaceable: each block's conv1 (conv1 -> bn1 -> relu1 -> conv2, replaced by zeroing conv2's input
 channels) and, as *residual units*, the stem and each block's conv2, whose outputs also travel through the skip
-connections: they are silenced at their BatchNorm (scale and shift 0) instead. The 1x1 projection shortcuts are
-marked ``replaceable = False``: the paper's CBP does not treat them as hidden layers.
+connections: a block's conv2 unit is silenced at bn2 (scale and shift 0) instead; a stem unit, whose ReLU follows
+its BN, is reset as the paper's code does (bn1 to identity, the first block's input channel 0). The 1x1 projection
+shortcuts are marked ``replaceable = False``: the paper's CBP does not treat them as hidden layers.
 """
 
 from __future__ import annotations
