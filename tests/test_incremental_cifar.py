@@ -88,3 +88,51 @@ def test_head_reset_and_retrain_reinitialise():
         after = net.state_dict()
         assert not torch.equal(before["fc.weight"], after["fc.weight"])
         assert torch.equal(before["conv1.weight"], after["conv1.weight"]) == (method == "head_reset")
+
+
+def test_scaled_cbp_keeps_the_papers_replacement_per_increment():
+    from lopbook.experiments.incremental_cifar import PAPER_STEPS_FIRST_INCREMENT, scaled_cbp
+
+    rho, m = scaled_cbp(PAPER_STEPS_FIRST_INCREMENT)
+    assert (rho, m) == (1e-5, 1000)  # the paper's own increment: unchanged
+    rho, m = scaled_cbp(600)
+    assert abs(rho * 600 - 1e-5 * PAPER_STEPS_FIRST_INCREMENT) < 1e-12  # 5% of units per first increment
+    assert m == 120  # a fifth of the increment, as 1,000 of 5,000 steps
+
+
+def test_derived_source_splits_disjoint_balanced_classes():
+    d = load_splits("mnist_derived", image_size=16, train_per_class=10, val_per_class=5, test_per_class=7)
+    assert d.num_classes == 40 and d.train_x.shape[1:] == (3, 16, 16)
+    for y, n in ((d.train_y, 10), (d.val_y, 5), (d.test_y, 7)):
+        assert torch.bincount(y, minlength=40).tolist() == [n] * 40
+    seen = {bytes(x.numpy()) for x in d.train_x}
+    assert not any(bytes(x.numpy()) in seen for x in d.test_x)  # no test image is a training image
+
+
+def test_paired_gap_is_a_per_seed_difference_with_a_t_interval():
+    from lopbook.experiments.incremental_cifar import mean_ci, paired_gap
+
+    arrays = {"methods": np.array(["bp", "retrain"]),
+              "test_acc": np.array([[[0.5, 0.80], [0.5, 0.70], [0.5, 0.90]],
+                                    [[0.5, 0.82], [0.5, 0.725], [0.5, 0.915]]])}
+    mean, lo, hi = paired_gap(arrays, "test_acc", "retrain", "bp")
+    assert abs(mean - 0.02) < 1e-12  # differences 0.02, 0.025, 0.015: the seeds' spread (0.8-0.9) cancels
+    half = 4.302652729911275 * 0.005 / np.sqrt(3)  # t(0.975, 2) x sd / sqrt(n)
+    assert abs((hi - lo) / 2 - half) < 1e-9 and lo > 0
+    assert mean_ci([1.0, 1.0, 1.0]) == (1.0, 1.0, 1.0)
+    m, lo, hi = mean_ci([0.3])  # one seed: a mean, no interval
+    assert m == 0.3 and np.isnan(lo) and np.isnan(hi)
+
+
+def test_cpu_preset_scales_cbp_and_turns_flips_off():
+    from lopbook.experiments import get
+    from lopbook.experiments.incremental_cifar import cbp_settings
+
+    cfg = get("incremental_cifar").preset_config("cpu", None)
+    assert cfg.flip_p == 0.0 and cfg.cbp_scaled  # a mirrored digit is not the same digit
+    spec = cbp_settings(cfg, cfg.train_per_class)
+    steps = cfg.epochs * -(-cfg.classes_per_increment * cfg.train_per_class // cfg.batch_size)  # 30 x 4 = 120
+    assert abs(spec["replacement_rate"] * steps - 0.05) < 1e-12  # the paper's 1e-5 x 5,000 steps
+    assert spec["maturity_threshold"] == round(1000 * steps / 5000)
+    plain = cbp_settings(get("incremental_cifar").preset_config("full", None), 450)
+    assert (plain["replacement_rate"], plain["maturity_threshold"]) == (1e-5, 1000)  # the paper's, unscaled

