@@ -21,10 +21,11 @@ Mixed precision (``amp="bf16"`` or ``"fp16"``, CUDA only, off by default): only 
 run under ``torch.autocast``; parameters, optimizer state, method statistics and every logged number stay
 float32 (fp16 also uses a ``GradScaler``, whose state is checkpointed).
 
-Several seeds in one process are run one after another. Vectorising seeds with ``torch.func``
-(``stack_module_state`` + ``vmap``) would only work for plain backprop: CBP and ReDo replace a data-dependent
-*number* of units per network per step, which ``vmap`` cannot express, and the book compares methods side by side
-with one code path. See ``benchmarks/bench_engine.py`` for the engine's speed against a DataLoader loop.
+Several seeds in one process are run one after another here. ``torch.func.vmap`` over stacked modules cannot
+express CBP or ReDo, which replace a data-dependent *number* of units per network per step; for MLPs,
+:mod:`lopbook.stacked` trains many runs (seeds x methods) at once with hand-written stacked tensors and per-run
+CBP instead (``benchmarks/bench_stacked.py``). See ``benchmarks/bench_engine.py`` for the engine's speed against a
+DataLoader loop.
 
 Minimal use::
 

