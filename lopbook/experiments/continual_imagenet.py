@@ -14,7 +14,7 @@ Presets:
 
 - ``quick``: seconds (2 tasks of the digit-group analog) — exercises every code path.
 - ``cpu``: the CPU-scale analog the book caches (:data:`CPU_ANALOG`): binary tasks "five digits vs the other
-  five" (a fresh random split and fresh training images per task, :class:`lopbook.data.derived.DigitGroupTasks`),
+  five" (a fresh random split and fresh training images per task, :class:`lopbook.data.digit_groups.DigitGroupTasks`),
   1x16x16 images, a narrower ConvNet of the paper's shape, 100 tasks x 100 SGD steps of batch 10, 3 seeds; BP
   α=0.01 vs CBP (ρ rescaled to the paper's turnover per task) vs L2 vs S&P vs the linear classifier.
 - ``full``: the paper's scale on the real downsampled ImageNet (5,000 tasks, 250 epochs, batch 100, 30 seeds);
@@ -62,7 +62,7 @@ class ContinualImageNetConfig:
                                                         "linear"])
     probe_size: int = 200
     threads: int | None = 1
-    # digit_groups only (the CPU analog, lopbook.data.derived.DigitGroupTasks)
+    # digit_groups only (the CPU analog, lopbook.data.digit_groups.DigitGroupTasks)
     group_size: int = 5
     permute: bool = False
     image_size: int = 16

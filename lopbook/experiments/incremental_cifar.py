@@ -11,7 +11,7 @@ Presets:
 
 - ``quick``: seconds — 2 increments of 2 digit classes, a width-4 ResNet-18 at 16x16, 2 epochs.
 - ``cpu``: the analog the book caches. **Not CIFAR-100:** 20 of the 40 classes of
-  :func:`lopbook.data.derived_classes.digit_transform_classes` (real MNIST digits x 4 fixed transformations),
+  :func:`lopbook.data.digit_transforms.digit_transform_classes` (real MNIST digits x 4 fixed transformations),
   10 increments of 2 classes, ResNet-18 with stage widths 8/16/32/64 (1/8 of the paper's) on 16x16 images,
   30 training images per class, 30 epochs per increment, batch 16, no augmentation, so that every network reaches
   essentially 100% training accuracy on every increment (the paper's "trained to convergence") in ~20 CPU-minutes for

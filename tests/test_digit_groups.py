@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from lopbook.data.derived import TRAIN_POOL, DigitGroupTasks
+from lopbook.data.digit_groups import TRAIN_POOL, DigitGroupTasks
 from lopbook.problems.continual_imagenet import PAPER_RHO, SmallConvNet, cbp_rate
 
 

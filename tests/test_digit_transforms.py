@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lopbook.data.derived_classes import TRANSFORMS, digit_transform_classes
+from lopbook.data.digit_transforms import TRANSFORMS, digit_transform_classes
 from lopbook.data.standins import ImageData
 
 
