@@ -156,7 +156,11 @@ def test_aggregate_shapes_values_and_provenance(toy_registered, tmp_path: Path, 
     assert back.meta["seeds"] == [0, 4] and back.meta["config"] == {"steps": 30, "lr": 0.1}
     assert back.meta["sweep"]["variants"][2] == {"id": sw.variants[2].id, "label": "lr=0.01",
                                                  "overrides": {"lr": 0.01}}
-    assert back.meta["scale"]["paper_scale"] is False and "3 variants × 2 seeds" in back.meta["scale"]["note"]
+    note = back.meta["scale"]["note"]
+    assert back.meta["scale"]["paper_scale"] is False and "3 variants × 2 seeds" in note
+    # the note names what every run shared and what each variant changed, not just the first run's overrides
+    assert "every run with steps=30" in note
+    assert "variants: lr=0.1 (lr=0.1); lr=0.05 (lr=0.05); lr=0.01 (lr=0.01)" in note
 
 
 def test_partial_aggregate_and_stale_results(toy_registered, tmp_path: Path):

@@ -138,6 +138,26 @@ def _method_count(result: Result) -> int | None:
     return None
 
 
+def _overrides_text(overrides: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in overrides.items())
+
+
+def _scale_note(sweep: SweepConfig, kept: list, partial: bool) -> str:
+    """The preset's scale note, then what the sweep changed: for every run, then per variant.
+
+    A run's own note lists only its variant's overrides, so the aggregate of a sweep that splits a preset by
+    method would otherwise describe every method by the first variant's settings.
+    """
+    parts = [f"sweep {sweep.name}: {len(kept)} variants × {len(sweep.seeds)} seeds of preset {sweep.preset!r}"
+             + (" (partial)" if partial else ""),
+             experiments.get(sweep.experiment).presets[sweep.preset].note]
+    if sweep.overrides:
+        parts.append(f"every run with {_overrides_text(sweep.overrides)}")
+    parts.append("variants: " + "; ".join(f"{v.label} ({_overrides_text(v.overrides) or 'no overrides'})"
+                                          for v in kept))
+    return "; ".join(parts)
+
+
 def aggregate(sweep: SweepConfig, *, write: bool = True, target: str | os.PathLike | None = None,
               partial: bool = False, merge: str | None = "config", force: bool = False) -> Result:
     """Stack the sweep's per-seed results into one :class:`Result` and (by default) write it atomically.
@@ -248,8 +268,7 @@ def aggregate(sweep: SweepConfig, *, write: bool = True, target: str | os.PathLi
     first = metas[0]
     commits = sorted({str(m["git_commit"]) for m in metas})
     devices = sorted({m["device"] for m in metas})
-    scale_note = (f"sweep {sweep.name}: {len(kept)} variants × {len(sweep.seeds)} seeds of preset "
-                  f"{sweep.preset!r}" + (" (partial)" if missing else "") + f"; {first['scale']['note']}")
+    scale_note = _scale_note(sweep, kept, partial=bool(missing))
     src = str(sweep.source) if sweep.source else "<config>"
     meta = provenance(experiment=sweep.experiment, preset=sweep.preset,
                       mode="full" if any(m["mode"] == "full" for m in metas) else first["mode"],
