@@ -156,6 +156,11 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def format_overrides(overrides: Mapping[str, Any]) -> str:
+    """``key=value, ...``: config overrides as a result's scale note states them."""
+    return ", ".join(f"{k}={v}" for k, v in overrides.items())
+
+
 def run_mode(preset: str, mode: str | None = None) -> Mode:
     """The run mode a preset really runs at: ``quick`` for the quick preset, ``full`` for every other one.
 
@@ -263,8 +268,7 @@ def run_experiment(name: str, preset: str = "quick", *, seeds: int | list[int] |
         ckpt.commits = [git_commit()]  # the code that trained, not whatever HEAD is when the file is saved
         output = exp.run(cfg, seeds=seed_list, device=device, checkpoint=ckpt, progress=progress)
         p = exp.presets[preset]
-        scale_note = p.note + (" (with overrides " + ", ".join(f"{k}={v}" for k, v in overrides.items()) + ")"
-                               if overrides else "")
+        scale_note = p.note + (f" (with overrides {format_overrides(overrides)})" if overrides else "")
         meta = provenance(experiment=name, preset=preset, mode=mode, config=cfg_dict, seeds=seed_list,
                           device=device, wall_time_s=ckpt.elapsed_s(), dataset=output.dataset,
                           scale={"paper_scale": p.paper_scale and not overrides, "note": scale_note},

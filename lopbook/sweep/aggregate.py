@@ -138,11 +138,7 @@ def _method_count(result: Result) -> int | None:
     return None
 
 
-def _overrides_text(overrides: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in overrides.items())
-
-
-def _scale_note(sweep: SweepConfig, kept: list, partial: bool) -> str:
+def _scale_note(sweep: SweepConfig, kept: list[Variant], partial: bool) -> str:
     """The preset's scale note, then what the sweep changed: for every run, then per variant.
 
     A run's own note lists only its variant's overrides, so the aggregate of a sweep that splits a preset by
@@ -151,10 +147,10 @@ def _scale_note(sweep: SweepConfig, kept: list, partial: bool) -> str:
     parts = [f"sweep {sweep.name}: {len(kept)} variants × {len(sweep.seeds)} seeds of preset {sweep.preset!r}"
              + (" (partial)" if partial else ""),
              experiments.get(sweep.experiment).presets[sweep.preset].note]
+    fmt = experiments.format_overrides
     if sweep.overrides:
-        parts.append(f"every run with {_overrides_text(sweep.overrides)}")
-    parts.append("variants: " + "; ".join(f"{v.label} ({_overrides_text(v.overrides) or 'no overrides'})"
-                                          for v in kept))
+        parts.append(f"every run with {fmt(sweep.overrides)}")
+    parts.append("variants: " + "; ".join(f"{v.label} ({fmt(v.overrides) or 'no overrides'})" for v in kept))
     return "; ".join(parts)
 
 
