@@ -33,7 +33,7 @@ def test_cpu_preset_rescales_cbp_rate_and_uses_one_init():
     assert cbp.replacement_rate == pytest.approx(cfg.replacement_rate()) and cbp.init == "kaiming_normal"
     w = engine.model.features[0].weight  # kaiming-normal: std sqrt(2 / fan_in), zero biases
     assert float(w.detach().std()) == pytest.approx((2 / 9) ** 0.5, rel=0.25)
-    assert float(engine.model.fc[0].bias.abs().sum()) == 0.0
+    assert float(engine.model.fc[0].bias.detach().abs().sum()) == 0.0
     with pytest.raises(ValueError, match="default init"):
         get("continual_imagenet").make_config({"data": "mnist_standin", "init": "kaiming_normal"})
 

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import fused_sgd
 from .adam_ages import ages_state, load_ages_state
 from .magnitudes import LayerSums
 from .units import FeatureHooks, UnitGroup, check_init, find_unit_groups, reinit_units
@@ -96,14 +97,19 @@ class ContinualBackprop:
         out_refresh: recompute ``Σ|W_out[:, u]|`` (and, for the adaptable utility, mean ``|W_in[u, :]|``) every
             this many steps (1, the default, is exactly Algorithm 1). Larger values reuse the last values in
             between (kept exact for replaced units): the weights change little per step, and on a memory-bound
-            CPU step (batch 1) reading every weight matrix once per step is the main cost of CBP.
+            CPU step (batch 1) reading every weight matrix once per step is the main cost of CBP unless
+            ``fuse_sgd`` applies, which makes that read free and needs ``out_refresh=1``.
+        fuse_sgd: where ``optimizer`` is plain ``torch.optim.SGD`` (no momentum or weight decay) on the CPU and
+            ``out_refresh`` is 1, do its update of the weight matrices CBP reads in the same pass that sums their
+            ``|w|`` (:mod:`lopbook.algos.fused_sgd`; needs numba, else ignored): the same weights and exact
+            sums, without a second read of every weight per step. :attr:`fused_layers` lists those layers.
         groups: explicit unit groups instead of automatic discovery.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, replacement_rate: float = 1e-4,
                  maturity_threshold: int = 100, decay_rate: float = 0.99, utility: str = "contribution",
                  init: str = "default", bias_correction: bool = True, bias_transfer: bool = False,
-                 out_refresh: int = 1, groups: Sequence[UnitGroup] | None = None):
+                 out_refresh: int = 1, fuse_sgd: bool = True, groups: Sequence[UnitGroup] | None = None):
         _validate(replacement_rate, maturity_threshold, decay_rate, utility, init)
         if out_refresh < 1 or int(out_refresh) != out_refresh:
             raise ValueError(f"out_refresh must be an integer >= 1 (steps), got {out_refresh}")
@@ -141,6 +147,8 @@ class ContinualBackprop:
                 self._layer_sums(o).want_cols = True
             if adaptable:
                 self._layer_sums(g.in_layer).want_rows = True
+        self._fused = (fused_sgd.FusedSGDMagnitudes(optimizer, self._sums.values())
+                       if fuse_sgd and optimizer is not None and fused_sgd.AVAILABLE else None)
         self.steps = 0
         self.last_replaced: list[torch.Tensor | None] = [None] * len(self.groups)
         self.hooks = FeatureHooks(self.groups, self._reduce)
@@ -169,6 +177,11 @@ class ContinualBackprop:
         return x if g.cols_per_unit == 1 else x.repeat_interleave(g.cols_per_unit)
 
     # ------------------------------------------------------------------------------------------- public
+    @property
+    def fused_layers(self) -> list[nn.Module]:
+        """Layers whose plain-SGD weight update CBP does itself, fused with its magnitude sums (``fuse_sgd``)."""
+        return [] if self._fused is None else self._fused.layers
+
     @property
     def n_replaced(self) -> list[int]:
         """Units replaced so far, per group."""
@@ -310,8 +323,10 @@ class ContinualBackprop:
         load_ages_state(self.optimizer, state.get("adam_entry_ages"))
 
     def remove(self) -> None:
-        """Remove the forward hooks (the object is unusable afterwards)."""
+        """Remove the forward hooks and optimiser hooks (the object is unusable afterwards)."""
         self.hooks.remove()
+        if self._fused is not None:
+            self._fused.remove()
 
     def __repr__(self) -> str:
         return (f"ContinualBackprop(groups={[g.name for g in self.groups]}, rho={self.replacement_rate}, "

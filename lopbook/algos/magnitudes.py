@@ -6,6 +6,10 @@ is CBP's main cost on a memory-bound CPU step (an MLP at batch 1), so :class:`La
 for both, and with ``refresh = R > 1`` re-reads only a rotating ``1/R`` slice of its rows per step: every sum is
 then at most ``R - 1`` steps old and the cost is spread evenly over the steps. Replacements keep the cache exact:
 redrawn rows are re-read at once and zeroed columns set to 0.
+
+Where plain SGD updates a weight matrix on the CPU, :class:`~lopbook.algos.fused_sgd.FusedSGDMagnitudes` computes
+its sums inside the update itself and records the weight's autograd version; :meth:`LayerSums.refresh` then reads
+nothing unless the weight has changed since.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ class LayerSums:
         self.slice_len = math.ceil(n_out / self.n_slices)
         self.row: torch.Tensor | None = None
         self.col_parts: torch.Tensor | None = None  # (n_slices, n_in)
+        self.version: int | None = None  # the weight's ``_version`` when a fused update last wrote the sums
+        self._scratch: dict[str, torch.Tensor] = {}
 
     def _bounds(self, s: int) -> tuple[int, int]:
         return s * self.slice_len, min((s + 1) * self.slice_len, int(self.layer.weight.shape[0]))
@@ -41,6 +47,9 @@ class LayerSums:
     def refresh(self, step: int | None = None) -> None:
         """Re-read slice ``step % n_slices`` of the rows (all rows if ``step`` is None or nothing is cached)."""
         w = self.layer.weight.detach()
+        if self.version is not None and self.version == self.layer.weight._version:
+            return  # written by a fused SGD update, and the weight has not changed since
+        self.version = None
         if step is None or self.row is None and self.col_parts is None:
             slices = range(self.n_slices)
             if self.want_rows:
@@ -54,6 +63,25 @@ class LayerSums:
             abs_sums(w[a:b], self.want_rows, self.want_cols,
                      out_rows=self.row[a:b] if self.want_rows else None,
                      out_cols=self.col_parts[s] if self.want_cols else None)
+
+    def buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full-size row and column sums to write (a reusable scratch tensor for a side not cached)."""
+        w = self.layer.weight
+        if self.n_slices != 1:
+            raise RuntimeError("LayerSums.buffers() needs refresh=1 (one slice)")
+
+        def buf(name: str, n: int) -> torch.Tensor:
+            t = self._scratch.get(name)
+            if t is None or t.shape[0] != n or t.dtype != w.dtype or t.device != w.device:
+                t = self._scratch[name] = torch.empty(n, dtype=w.dtype, device=w.device)
+            return t
+
+        if self.want_rows and self.row is None:
+            self.row = torch.empty(w.shape[0], dtype=w.dtype, device=w.device)
+        if self.want_cols and self.col_parts is None:
+            self.col_parts = torch.zeros(1, w.shape[1], dtype=w.dtype, device=w.device)
+        return (self.row if self.want_rows else buf("row", w.shape[0]),
+                self.col_parts[0] if self.want_cols else buf("col", w.shape[1]))
 
     @property
     def col(self) -> torch.Tensor:
@@ -82,6 +110,8 @@ class LayerSums:
             self.col_parts.index_fill_(1, cols, 0.0)
 
     def to(self, device: torch.device) -> None:
+        self.version = None
+        self._scratch.clear()
         self.row = None if self.row is None else self.row.to(device)
         self.col_parts = None if self.col_parts is None else self.col_parts.to(device)
 
@@ -91,6 +121,7 @@ class LayerSums:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         dev = self.layer.weight.device
+        self.version = None
         self.row = None if state["row"] is None else state["row"].to(dev).clone()
         self.col_parts = None if state["col_parts"] is None else state["col_parts"].to(dev).clone()
         if self.col_parts is not None and self.col_parts.shape[0] != self.n_slices:
