@@ -46,6 +46,9 @@ def test_kernel_is_torch_sgd_and_exact_sums(threads: int, dtype: torch.dtype) ->
     assert torch.equal(w, expected)  # one FMA per entry, like Tensor.add_
     assert w._version > version  # autograd sees the in-place write
     assert torch.allclose(rows, expected.abs().sum(1)) and torch.allclose(cols, expected.abs().sum(0))
+    w, rows2 = w0.clone(), torch.empty(301, dtype=dtype)
+    fused_sgd.sgd_step_abs_sums(w, grad, 0.03, rows2, None)  # row sums only (a first layer's inputs are no units)
+    assert torch.equal(w, expected) and torch.equal(rows2, rows)
 
 
 def test_only_plain_sgd_on_cpu_matrices_is_fused() -> None:

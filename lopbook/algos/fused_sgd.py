@@ -38,7 +38,7 @@ if AVAILABLE:
     # contract: the update is one FMA per entry like torch's add_; reassoc: the sums vectorise. Column sums
     # are added four rows at a time, while those rows are still in the L1 cache.
     @numba.njit(parallel=True, fastmath={"contract", "reassoc", "nsz"}, cache=True, boundscheck=False)
-    def _sgd_abs_sums(w, g, neg_lr, rows, col_parts):  # pragma: no cover - compiled; tested through callers
+    def _sgd_abs_sums(w, g, neg_lr, rows, col_parts, want_cols):  # pragma: no cover - compiled; tested through callers
         n, k = w.shape
         blocks = col_parts.shape[0]
         per = (n + blocks - 1) // blocks
@@ -55,6 +55,8 @@ if AVAILABLE:
                         w[i, j] = v
                         s += abs(v)
                     rows[i] = s
+                if not want_cols:
+                    continue
                 if i1 - i0 == 4:
                     for j in range(k):
                         c[j] += (abs(w[i0, j]) + abs(w[i0 + 1, j])) + (abs(w[i0 + 2, j]) + abs(w[i0 + 3, j]))
@@ -78,8 +80,10 @@ def fusable_weight(w: torch.Tensor) -> bool:
 
 
 def sgd_step_abs_sums(w: torch.Tensor, g: torch.Tensor, lr: float, rows: torch.Tensor,
-                      cols: torch.Tensor) -> None:
+                      cols: torch.Tensor | None) -> None:
     """``w -= lr·g`` in place, then ``rows = Σ_j |w[:, j]|`` per row and ``cols`` per column, in one pass.
+
+    ``cols=None`` skips the column sums (a layer whose inputs are not units, e.g. the first).
 
     ``w`` must pass :func:`fusable_weight` and ``g`` be a contiguous tensor of the same shape and dtype. Rows are
     split over ``torch.get_num_threads()`` threads (each keeps its own column partial sums).
@@ -88,15 +92,16 @@ def sgd_step_abs_sums(w: torch.Tensor, g: torch.Tensor, lr: float, rows: torch.T
         raise RuntimeError("sgd_step_abs_sums needs numba: pip install numba")
     blocks = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, w.shape[0]))
     wn = w.detach().numpy()
-    parts = np.empty((blocks, w.shape[1]), dtype=wn.dtype)
+    parts = np.empty((blocks, w.shape[1] if cols is not None else 0), dtype=wn.dtype)
     # as many numba threads as blocks: with one, no thread team is woken (and left spinning beside torch's)
     before = numba.get_num_threads()
     numba.set_num_threads(blocks)
     try:
-        _sgd_abs_sums(wn, g.detach().numpy(), wn.dtype.type(-lr), rows.numpy(), parts)
+        _sgd_abs_sums(wn, g.detach().numpy(), wn.dtype.type(-lr), rows.numpy(), parts, cols is not None)
     finally:
         numba.set_num_threads(before)
-    cols.copy_(torch.from_numpy(parts[0] if blocks == 1 else parts.sum(0)))
+    if cols is not None:
+        cols.copy_(torch.from_numpy(parts[0] if blocks == 1 else parts.sum(0)))
     increment_version(w)  # the write bypassed torch: keep autograd's in-place checks (and LayerSums) informed
 
 
@@ -140,7 +145,7 @@ class FusedSGDMagnitudes:
                 continue
             row, col = s.buffers()
             with torch.no_grad():
-                sgd_step_abs_sums(w, grad, float(group["lr"]), row, col)
+                sgd_step_abs_sums(w, grad, float(group["lr"]), row, col if s.want_cols else None)
             s.version = w._version
             self.updates += 1
             self._hidden.append((w, grad))
