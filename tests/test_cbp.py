@@ -151,6 +151,19 @@ def test_step_without_forward_raises() -> None:
         cbp.step()
 
 
+def test_features_changed_in_place_before_step_raise() -> None:
+    m = mlp()
+    cbp = ContinualBackprop(m, None)
+    kept = []
+    m[1].register_forward_hook(lambda mod, inp, out: kept.append(out))  # the ReLU output: group 0's features
+    m(torch.randn(2, 4)).sum().backward()
+    cbp.step()  # the statistics are taken here, from the features the forward kept
+    m(torch.randn(2, 4)).sum().backward()
+    kept[-1].mul_(2)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        cbp.step()
+
+
 # ----------------------------------------------------------------------------------------------- counts
 
 def test_exact_replacement_count_all_eligible() -> None:

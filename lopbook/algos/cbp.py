@@ -2,7 +2,7 @@
 
 One model-agnostic engine: unit groups are found with ``torch.fx`` (:func:`lopbook.algos.units.find_unit_groups`),
 features are what each group's next layer consumes in the *training* forward pass (a forward pre-hook on that
-layer, so after any pooling or flatten; no extra forward),
+layer, so after any pooling or flatten; no extra forward; they are reduced to per-unit statistics in ``step()``),
 and the replacement runs in :meth:`ContinualBackprop.step`, which you call right after ``optimizer.step()``::
 
     cbp = ContinualBackprop(model, optimizer, replacement_rate=1e-4, maturity_threshold=100, decay_rate=0.99)
@@ -151,9 +151,27 @@ class ContinualBackprop:
                        if fuse_sgd and optimizer is not None and fused_sgd.AVAILABLE else None)
         self.steps = 0
         self.last_replaced: list[torch.Tensor | None] = [None] * len(self.groups)
-        self.hooks = FeatureHooks(self.groups, self._reduce)
+        # The hooks only keep the features (autograd holds them until backward anyway); step() reduces them.
+        # Reducing inside the forward cost more: there the small statistics tensors are evicted from the cache
+        # by the weights streaming past.
+        self.hooks = FeatureHooks(self.groups, lambda i, h: (h, h._version))
 
     # -------------------------------------------------------------------------------------------- hooks
+    def _features(self) -> list[dict[str, torch.Tensor] | None]:
+        """Each group's statistics from the latest training forward (None: the group was not used)."""
+        feats = []
+        for i, kept in enumerate(self.hooks.latest):
+            if kept is None:
+                feats.append(None)
+                continue
+            h, version = kept
+            if h._version != version:
+                raise RuntimeError(f"the features of '{self.groups[i].name}' were modified in place after the "
+                                   "forward pass; call ContinualBackprop.step() before changing them (or avoid "
+                                   "in-place operations on what the next layer consumed)")
+            feats.append(self._reduce(i, h))
+        return feats
+
     def _reduce(self, i: int, h: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-feature statistics of one forward's features (what the next layer consumes), on the device."""
         g, s = self.groups[i], self.states[i]
@@ -205,17 +223,17 @@ class ContinualBackprop:
 
         Call right after ``optimizer.step()``. Returns the number of units replaced in this step.
         """
-        feats = self.hooks.latest
-        if all(f is None for f in feats):
+        if all(f is None for f in self.hooks.latest):
             raise RuntimeError("ContinualBackprop.step() saw no features: call it after a training forward "
                                "(with grad enabled), backward and optimizer.step() of the model it was built on")
-        self.steps += 1
-        eta, total = self.decay_rate, 0
         for g, s in zip(self.groups, self.states, strict=True):
             if s.util.device != g.in_layer.weight.device:  # the model was moved after construction
                 s.to(g.in_layer.weight.device)
                 for ls in self._sums.values():
                     ls.to(ls.layer.weight.device)
+        feats = self._features()
+        self.steps += 1
+        eta, total = self.decay_rate, 0
         for ls in self._sums.values():
             ls.refresh(self.steps - 1)
         # Deepest group first: if units of consecutive layers are replaced together, the shallower layer's
