@@ -38,7 +38,7 @@ if AVAILABLE:
     # contract: the update is one FMA per entry like torch's add_; reassoc: the sums vectorise. Column sums
     # are added four rows at a time, while those rows are still in the L1 cache.
     @numba.njit(parallel=True, fastmath={"contract", "reassoc", "nsz"}, cache=True, boundscheck=False)
-    def _sgd_abs_sums(w, g, neg_lr, rows, col_parts, want_cols):  # pragma: no cover - compiled; tested through callers
+    def _sgd_abs_sums(w, g, neg_lr, rows, col_parts, want_cols):  # pragma: no cover (compiled)
         n, k = w.shape
         blocks = col_parts.shape[0]
         per = (n + blocks - 1) // blocks
@@ -83,10 +83,9 @@ def sgd_step_abs_sums(w: torch.Tensor, g: torch.Tensor, lr: float, rows: torch.T
                       cols: torch.Tensor | None) -> None:
     """``w -= lr·g`` in place, then ``rows = Σ_j |w[:, j]|`` per row and ``cols`` per column, in one pass.
 
-    ``cols=None`` skips the column sums (a layer whose inputs are not units, e.g. the first).
-
-    ``w`` must pass :func:`fusable_weight` and ``g`` be a contiguous tensor of the same shape and dtype. Rows are
-    split over ``torch.get_num_threads()`` threads (each keeps its own column partial sums).
+    ``w`` must pass :func:`fusable_weight` and ``g`` be a contiguous tensor of the same shape and dtype;
+    ``cols=None`` skips the column sums (a layer whose inputs are not units, e.g. the first). Rows are split over
+    ``torch.get_num_threads()`` threads, each with its own column partial sums.
     """
     if not AVAILABLE:
         raise RuntimeError("sgd_step_abs_sums needs numba: pip install numba")
@@ -145,7 +144,7 @@ class FusedSGDMagnitudes:
                 continue
             row, col = s.buffers()
             with torch.no_grad():
-                sgd_step_abs_sums(w, grad, float(group["lr"]), row, col if s.want_cols else None)
+                sgd_step_abs_sums(w, grad, float(group["lr"]), row, col)
             s.version = w._version
             self.updates += 1
             self._hidden.append((w, grad))

@@ -39,17 +39,17 @@ class LayerSums:
         self.row: torch.Tensor | None = None
         self.col_parts: torch.Tensor | None = None  # (n_slices, n_in)
         self.version: int | None = None  # the weight's ``_version`` when a fused update last wrote the sums
-        self._scratch: dict[str, torch.Tensor] = {}
+        self._scratch: torch.Tensor | None = None  # row sums nobody reads, written by a fused update
 
     def _bounds(self, s: int) -> tuple[int, int]:
         return s * self.slice_len, min((s + 1) * self.slice_len, int(self.layer.weight.shape[0]))
 
     def refresh(self, step: int | None = None) -> None:
         """Re-read slice ``step % n_slices`` of the rows (all rows if ``step`` is None or nothing is cached)."""
-        w = self.layer.weight.detach()
         if self.version is not None and self.version == self.layer.weight._version:
             return  # written by a fused SGD update, and the weight has not changed since
         self.version = None
+        w = self.layer.weight.detach()
         if step is None or self.row is None and self.col_parts is None:
             slices = range(self.n_slices)
             if self.want_rows:
@@ -64,24 +64,20 @@ class LayerSums:
                      out_rows=self.row[a:b] if self.want_rows else None,
                      out_cols=self.col_parts[s] if self.want_cols else None)
 
-    def buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full-size row and column sums to write (a reusable scratch tensor for a side not cached)."""
+    def buffers(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Full-size row sums and column sums to write (column sums None when not cached; row sums then go to
+        a reusable scratch tensor, since a fused update computes them anyway)."""
         w = self.layer.weight
         if self.n_slices != 1:
             raise RuntimeError("LayerSums.buffers() needs refresh=1 (one slice)")
-
-        def buf(name: str, n: int) -> torch.Tensor:
-            t = self._scratch.get(name)
-            if t is None or t.shape[0] != n or t.dtype != w.dtype or t.device != w.device:
-                t = self._scratch[name] = torch.empty(n, dtype=w.dtype, device=w.device)
-            return t
-
         if self.want_rows and self.row is None:
             self.row = torch.empty(w.shape[0], dtype=w.dtype, device=w.device)
         if self.want_cols and self.col_parts is None:
             self.col_parts = torch.zeros(1, w.shape[1], dtype=w.dtype, device=w.device)
-        return (self.row if self.want_rows else buf("row", w.shape[0]),
-                self.col_parts[0] if self.want_cols else buf("col", w.shape[1]))
+        row = self.row if self.want_rows else self._scratch
+        if row is None or row.shape[0] != w.shape[0] or row.dtype != w.dtype or row.device != w.device:
+            row = self._scratch = torch.empty(w.shape[0], dtype=w.dtype, device=w.device)
+        return row, self.col_parts[0] if self.want_cols else None
 
     @property
     def col(self) -> torch.Tensor:
@@ -111,7 +107,7 @@ class LayerSums:
 
     def to(self, device: torch.device) -> None:
         self.version = None
-        self._scratch.clear()
+        self._scratch = None
         self.row = None if self.row is None else self.row.to(device)
         self.col_parts = None if self.col_parts is None else self.col_parts.to(device)
 
