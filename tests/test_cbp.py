@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -149,6 +150,24 @@ def test_step_without_forward_raises() -> None:
         m(torch.randn(2, 4))
     with pytest.raises(RuntimeError, match="saw no features"):
         cbp.step()
+
+
+def test_without_numba_a_fusable_sgd_run_warns_and_reads_the_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lopbook.algos import fused_sgd
+    monkeypatch.setattr(fused_sgd, "AVAILABLE", False)
+    m = mlp()
+    with pytest.warns(UserWarning, match="pip install numba"):
+        cbp = ContinualBackprop(m, torch.optim.SGD(m.parameters(), lr=0.1), utility="adaptable_contribution")
+    assert cbp.fused_layers == []
+    x, y = data(1)[0]
+    train_step(m, cbp.optimizer, x, y)
+    cbp.step()
+    assert torch.allclose(cbp.out_magnitude(0), m[2].weight.detach().abs().sum(0))
+    cbp.remove()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # opted out, or nothing to fuse (momentum): no warning
+        ContinualBackprop(m, torch.optim.SGD(m.parameters(), lr=0.1), fuse_sgd=False)
+        ContinualBackprop(m, torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9))
 
 
 def test_features_changed_in_place_before_step_raise() -> None:

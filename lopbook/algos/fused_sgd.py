@@ -104,21 +104,28 @@ def sgd_step_abs_sums(w: torch.Tensor, g: torch.Tensor, lr: float, rows: torch.T
     increment_version(w)  # the write bypassed torch: keep autograd's in-place checks (and LayerSums) informed
 
 
+def eligible(optimizer: torch.optim.Optimizer, sums: Iterable[Any]) -> list[Any]:
+    """The :class:`~lopbook.algos.magnitudes.LayerSums` whose weight updates the kernel can take over: one slice
+    (``refresh=1``), a weight that passes :func:`fusable_weight`, in a plain-SGD param group (:func:`plain_sgd`)."""
+    groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    return [s for s in sums if s.n_slices == 1 and fusable_weight(s.layer.weight)
+            and id(s.layer.weight) in groups and plain_sgd(groups[id(s.layer.weight)], optimizer)]
+
+
 class FusedSGDMagnitudes:
     """Take over plain SGD's update of the weights behind some :class:`~lopbook.algos.magnitudes.LayerSums`.
 
-    Keeps the sums of one slice (``refresh=1``) whose weight passes :func:`fusable_weight` and sits in a plain-SGD
-    param group (:func:`plain_sgd`); if any, registers a step pre-hook and post-hook on ``optimizer``
+    Keeps the :func:`eligible` sums; if any, registers a step pre-hook and post-hook on ``optimizer``
     (:meth:`remove` unregisters them). Each step, for every such weight with a gradient, the pre-hook runs
     :func:`sgd_step_abs_sums` into the layer's cached sums and marks them current; the optimiser then updates
     everything else as usual.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, sums: Iterable[Any]):
+        if not AVAILABLE:
+            raise RuntimeError("FusedSGDMagnitudes needs numba: pip install numba")
         self.optimizer = optimizer
-        groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-        self.sums = [s for s in sums if s.n_slices == 1 and fusable_weight(s.layer.weight)
-                     and id(s.layer.weight) in groups and plain_sgd(groups[id(s.layer.weight)], optimizer)]
+        self.sums = eligible(optimizer, sums)
         self._hidden: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.updates = 0  # weight matrices updated by the kernel so far
         self._handles = [optimizer.register_step_pre_hook(self._before_step),
