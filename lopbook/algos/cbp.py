@@ -311,7 +311,7 @@ class ContinualBackprop:
     def in_magnitude(self, i: int) -> torch.Tensor:
         """Cached mean ``|W_in|`` per unit of group ``i`` (adaptable utility only)."""
         w = self.groups[i].in_layer.weight
-        return self._sums[id(self.groups[i].in_layer)].row / w[0].numel()
+        return self._sums[id(self.groups[i].in_layer)].row / (w.numel() // w.shape[0])
 
     # ---------------------------------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:

@@ -95,7 +95,11 @@ class LayerSums:
             self.row[idx] = row_new
         if self.col_parts is not None and before is not None:
             delta = per_col_new - before[1]  # (k, n_in): each redrawn row's change, into its slice's part
-            self.col_parts.index_add_(0, torch.div(idx, self.slice_len, rounding_mode="floor"), delta)
+            if self.n_slices == 1:  # the same additions in the same order as index_add_, without its slow path
+                for d in delta:
+                    self.col_parts[0].add_(d)
+            else:
+                self.col_parts.index_add_(0, torch.div(idx, self.slice_len, rounding_mode="floor"), delta)
 
     def snapshot_rows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The per-column contributions of rows ``idx`` before they are redrawn (for :meth:`rows_redrawn`)."""
