@@ -21,6 +21,7 @@ The optimiser skips the fused weights by seeing no gradient during its ``step()`
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -35,35 +36,41 @@ except ImportError:  # pragma: no cover - exercised only where numba is not inst
 AVAILABLE = numba is not None
 
 if AVAILABLE:
-    # contract: the update is one FMA per entry like torch's add_; reassoc: the sums vectorise. Column sums
-    # are added four rows at a time, while those rows are still in the L1 cache.
-    @numba.njit(parallel=True, fastmath={"contract", "reassoc", "nsz"}, cache=True, boundscheck=False)
-    def _sgd_abs_sums(w, g, neg_lr, rows, col_parts, want_cols):  # pragma: no cover (compiled)
-        n, k = w.shape
-        blocks = col_parts.shape[0]
-        per = (n + blocks - 1) // blocks
-        for b in numba.prange(blocks):
-            c = col_parts[b]
-            c[:] = 0
-            end = min(n, (b + 1) * per)
-            for i0 in range(b * per, end, 4):  # 4 rows at a time: update them, then one pass into c
-                i1 = min(end, i0 + 4)
+    # contract: the update is one FMA per entry like torch's add_; reassoc: the sums vectorise. Column sums are
+    # added four rows at a time, while those rows are still in the L1 cache. Serial and nogil: threads, when
+    # wanted, come from a plain thread pool (numba's parallel layers keep idle workers spinning on a core).
+    @numba.njit(nogil=True, fastmath={"contract", "reassoc", "nsz"}, cache=True, boundscheck=False)
+    def _sgd_abs_sums(w, g, neg_lr, rows, c, lo, hi, want_cols):  # pragma: no cover (compiled)
+        k = w.shape[1]
+        for j in range(c.shape[0]):
+            c[j] = 0
+        for i0 in range(lo, hi, 4):  # 4 rows at a time: update them, then one pass into c
+            i1 = min(hi, i0 + 4)
+            for i in range(i0, i1):
+                s = w.dtype.type(0)
+                for j in range(k):
+                    v = w[i, j] + neg_lr * g[i, j]
+                    w[i, j] = v
+                    s += abs(v)
+                rows[i] = s
+            if not want_cols:
+                continue
+            if i1 - i0 == 4:
+                for j in range(k):
+                    c[j] += (abs(w[i0, j]) + abs(w[i0 + 1, j])) + (abs(w[i0 + 2, j]) + abs(w[i0 + 3, j]))
+            else:
                 for i in range(i0, i1):
-                    s = w.dtype.type(0)
                     for j in range(k):
-                        v = w[i, j] + neg_lr * g[i, j]
-                        w[i, j] = v
-                        s += abs(v)
-                    rows[i] = s
-                if not want_cols:
-                    continue
-                if i1 - i0 == 4:
-                    for j in range(k):
-                        c[j] += (abs(w[i0, j]) + abs(w[i0 + 1, j])) + (abs(w[i0 + 2, j]) + abs(w[i0 + 3, j]))
-                else:
-                    for i in range(i0, i1):
-                        for j in range(k):
-                            c[j] += abs(w[i, j])
+                        c[j] += abs(w[i, j])
+
+_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (workers, pool); idle workers sleep
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None or _POOL[0] < workers:
+        _POOL = (workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lopbook-fused-sgd"))
+    return _POOL[1]
 
 
 def plain_sgd(group: dict[str, Any], optimizer: torch.optim.Optimizer) -> bool:
@@ -85,20 +92,23 @@ def sgd_step_abs_sums(w: torch.Tensor, g: torch.Tensor, lr: float, rows: torch.T
 
     ``w`` must pass :func:`fusable_weight` and ``g`` be a contiguous tensor of the same shape and dtype;
     ``cols=None`` skips the column sums (a layer whose inputs are not units, e.g. the first). Rows are split over
-    ``torch.get_num_threads()`` threads, each with its own column partial sums.
+    up to ``torch.get_num_threads()`` threads (at least 64 rows each), each with its own column partial sums.
     """
     if not AVAILABLE:
         raise RuntimeError("sgd_step_abs_sums needs numba: pip install numba")
-    blocks = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, w.shape[0]))
-    wn = w.detach().numpy()
+    blocks = max(1, min(torch.get_num_threads(), w.shape[0] // 64))  # >= 64 rows a block, or threads cost more
+    wn, gn, rn = w.detach().numpy(), g.detach().numpy(), rows.numpy()
+    neg_lr = wn.dtype.type(-lr)
     parts = np.empty((blocks, w.shape[1] if cols is not None else 0), dtype=wn.dtype)
-    # as many numba threads as blocks: with one, no thread team is woken (and left spinning beside torch's)
-    before = numba.get_num_threads()
-    numba.set_num_threads(blocks)
-    try:
-        _sgd_abs_sums(wn, g.detach().numpy(), wn.dtype.type(-lr), rows.numpy(), parts, cols is not None)
-    finally:
-        numba.set_num_threads(before)
+    if blocks == 1:
+        _sgd_abs_sums(wn, gn, neg_lr, rn, parts[0], 0, w.shape[0], cols is not None)
+    else:  # blocks of rows, the first in this thread and the others in the pool (the kernel releases the GIL)
+        per = -(-w.shape[0] // blocks)
+        jobs = [_pool(blocks - 1).submit(_sgd_abs_sums, wn, gn, neg_lr, rn, parts[b], b * per,
+                                         min(w.shape[0], (b + 1) * per), cols is not None) for b in range(1, blocks)]
+        _sgd_abs_sums(wn, gn, neg_lr, rn, parts[0], 0, per, cols is not None)
+        for job in jobs:
+            job.result()
     if cols is not None:
         cols.copy_(torch.from_numpy(parts[0] if blocks == 1 else parts.sum(0)))
     increment_version(w)  # the write bypassed torch: keep autograd's in-place checks (and LayerSums) informed
