@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import time
 
 import pytest
 import torch
@@ -49,6 +50,21 @@ def test_kernel_is_torch_sgd_and_exact_sums(threads: int, dtype: torch.dtype) ->
     w, rows2 = w0.clone(), torch.empty(301, dtype=dtype)
     fused_sgd.sgd_step_abs_sums(w, grad, 0.03, rows2, None)  # row sums only (a first layer's inputs are no units)
     assert torch.equal(w, expected) and torch.equal(rows2, rows)
+
+
+def test_no_worker_keeps_a_core_busy_between_calls() -> None:
+    w, g = torch.randn(512, 64), torch.randn(512, 64)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)  # the thread-pool path
+    try:
+        c0, t0 = time.process_time(), time.perf_counter()
+        for _ in range(40):  # calls with other work (here: sleep) in between, as in training
+            fused_sgd.sgd_step_abs_sums(w, g, 0.0, torch.empty(512), torch.empty(64))
+            time.sleep(0.005)
+        busy = (time.process_time() - c0) / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(old)
+    assert busy < 0.5  # idle workers sleep; numba's parallel layer kept one spinning (busy ≈ 1)
 
 
 def test_only_plain_sgd_on_cpu_matrices_is_fused() -> None:
