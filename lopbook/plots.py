@@ -272,11 +272,14 @@ def friction_changes(result, method: int = 0, seed: int = 0) -> list[tuple[int, 
 
 def slippery_ant_returns_figure(result) -> go.Figure:
     """Mean episode return per bin (95% band over seeds), methods selectable; dashed lines mark when the
-    friction changed (seed 0's sequence; every method sees the same frictions, each seed its own)."""
-    fig = curves_figure(result["bin_end"], _ant_curves(result, result["returns_binned"]),
-                        title="Episode return while the friction changes", xaxis="env steps",
-                        yaxis="mean episode return (per bin)")
-    for step, f in friction_changes(result):
+    friction changed (seed 0's sequence; every method sees the same frictions, each seed its own). With a fixed
+    friction (stationary Ant) the title says so and there is one line, at the start."""
+    changes = friction_changes(result)
+    title = ("Episode return while the friction changes" if len(changes) > 1
+             else f"Episode return (friction fixed at {changes[0][1]:.2f})")
+    fig = curves_figure(result["bin_end"], _ant_curves(result, result["returns_binned"]), title=title,
+                        xaxis="env steps", yaxis="mean episode return (per bin)")
+    for step, f in changes:
         fig.add_vline(x=step, line_dash="dash", line_color="gray", annotation_text=f"f={f:.2f}",
                       annotation_position="bottom right", annotation_font_size=10)
     return fig

@@ -96,3 +96,16 @@ def test_metric_dropdown_shows_one_metric_at_a_time():
     assert [tr.visible for tr in fig.data] == [True, True, False, False, False, False]
     rank_button = fig.layout.updatemenus[0].buttons[1]
     assert rank_button.args[0]["visible"] == [False, False, True, True, True, True]
+
+
+@pytest.mark.parametrize("frictions, title, lines", [
+    ([1.0, 1.0, 1.0, 1.0], "Episode return (friction fixed at 1.00)", [0]),
+    ([0.5, 0.5, 1.7, 1.7], "Episode return while the friction changes", [0, 200]),
+])
+def test_ant_returns_figure_marks_friction_changes_or_says_it_is_fixed(frictions, title, lines):
+    result = {"methods": np.array(["bp", "cbp"]), "bin_end": np.array([200, 400]),
+              "returns_binned": np.ones((2, 2, 2)), "iter_step": np.array([100, 200, 300, 400]),
+              "friction": np.tile(np.array(frictions), (2, 2, 1))}
+    fig = plots.slippery_ant_returns_figure(result)
+    assert title in fig.layout.title.text
+    assert sorted(s.x0 for s in fig.layout.shapes) == lines
