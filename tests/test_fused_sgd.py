@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import os
+import signal
 import time
 
 import pytest
@@ -161,3 +163,21 @@ def test_closure_and_removed_hooks_leave_the_update_to_the_optimizer() -> None:
     closure(m, opt)()
     opt.step()
     assert m[0].weight.grad is not None and m[0].weight._version == version + 1  # torch's own add_
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_the_thread_pool_works_in_a_forked_child() -> None:
+    w, g = torch.randn(512, 64), torch.randn(512, 64)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fused_sgd.sgd_step_abs_sums(w, g, 0.1, torch.empty(512), torch.empty(64))  # the parent's pool exists
+        pid = os.fork()
+        if pid == 0:  # a forked child (e.g. a DataLoader worker) inherits the pool object but not its threads
+            signal.alarm(30)  # a hang kills the child, which the parent sees as a failure
+            fused_sgd.sgd_step_abs_sums(w, g, 0.1, torch.empty(512), torch.empty(64))
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        torch.set_num_threads(old)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -20,6 +20,7 @@ The optimiser skips the fused weights by seeing no gradient during its ``step()`
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -63,14 +64,14 @@ if AVAILABLE:
                     for j in range(k):
                         c[j] += abs(w[i, j])
 
-_POOL: tuple[int, ThreadPoolExecutor] | None = None  # (workers, pool); idle workers sleep
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (process id, workers, pool); idle workers sleep
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
     global _POOL
-    if _POOL is None or _POOL[0] < workers:
-        _POOL = (workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lopbook-fused-sgd"))
-    return _POOL[1]
+    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] < workers:  # a forked child has no pool threads
+        _POOL = (os.getpid(), workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lopbook-fused-sgd"))
+    return _POOL[2]
 
 
 def plain_sgd(group: dict[str, Any], optimizer: torch.optim.Optimizer) -> bool:
