@@ -166,8 +166,7 @@ def main() -> None:
             print(f"{row['device']:5s} {row['name']:68s} BP {row['bp_ms']:8.2f} ms  CBP {row['cbp_ms']:8.2f} ms  "
                   f"CBP/BP {row['ratio']:.3f} (per round: median {median(row['ratios']):.3f}, {lo:.2f}-{hi:.2f}; "
                   f"{rounds} rounds) | cbp.step() {row['step_ms']:6.2f} ms, (BP+step)/BP {row['step_ratio']:.3f} | "
-                  f"{row['replaced']} replaced in "
-                  f"{row['steps']} steps | fused SGD layers {row['fused']}", flush=True)
+                  f"{row['replaced']} replaced in {row['steps']} steps | fused SGD layers {row['fused']}", flush=True)
     print(f"\nthreads={args.threads} torch={torch.__version__}; medians of interleaved rounds")
 
 

@@ -115,12 +115,20 @@ def sgd_step_abs_sums(w: torch.Tensor, g: torch.Tensor, lr: float, rows: torch.T
     increment_version(w)  # the write bypassed torch: keep autograd's in-place checks (and LayerSums) informed
 
 
+def _groups(optimizer: torch.optim.Optimizer) -> dict[int, dict[str, Any]]:
+    return {id(p): g for g in optimizer.param_groups for p in g["params"]}
+
+
+def _fits(s: Any, group: dict[str, Any] | None, optimizer: torch.optim.Optimizer) -> bool:
+    return (s.n_slices == 1 and fusable_weight(s.layer.weight) and group is not None
+            and plain_sgd(group, optimizer))
+
+
 def eligible(optimizer: torch.optim.Optimizer, sums: Iterable[Any]) -> list[Any]:
     """The :class:`~lopbook.algos.magnitudes.LayerSums` whose weight updates the kernel can take over: one slice
     (``refresh=1``), a weight that passes :func:`fusable_weight`, in a plain-SGD param group (:func:`plain_sgd`)."""
-    groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-    return [s for s in sums if s.n_slices == 1 and fusable_weight(s.layer.weight)
-            and id(s.layer.weight) in groups and plain_sgd(groups[id(s.layer.weight)], optimizer)]
+    groups = _groups(optimizer)
+    return [s for s in sums if _fits(s, groups.get(id(s.layer.weight)), optimizer)]
 
 
 class FusedSGDMagnitudes:
@@ -151,14 +159,13 @@ class FusedSGDMagnitudes:
         rest = args[1:] if args and args[0] is optimizer else args  # torch passes step()'s args with self first
         if (rest and rest[0] is not None) or kwargs.get("closure") is not None:
             return  # the closure recomputes gradients inside step(): leave everything to the optimiser
-        groups = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+        groups = _groups(optimizer)
         for s in self.sums:
             w = s.layer.weight
-            grad = w.grad
-            group = groups.get(id(w))
-            if (group is None or grad is None or not plain_sgd(group, optimizer) or not fusable_weight(w)
-                    or grad.layout != torch.strided
-                    or not grad.is_contiguous() or grad.dtype != w.dtype or grad.shape != w.shape):
+            grad, group = w.grad, groups.get(id(w))
+            if (not _fits(s, group, optimizer)  # checked again each step: the model or the param groups may change
+                    or grad is None or grad.layout != torch.strided or not grad.is_contiguous()
+                    or grad.dtype != w.dtype or grad.shape != w.shape):
                 continue
             row, col = s.buffers()
             with torch.no_grad():
