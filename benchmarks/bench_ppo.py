@@ -7,6 +7,10 @@ PPO wall time per env step / raw wall time per env step, from each side's median
 ratio of process CPU time, which a loaded machine disturbs less). Goal (issue
 #14): <= 1.3x for standard PPO and <= 1.4x for PPO+CBP with one env. "acting only" is the ratio without the update
 (``ratio x (1 - update share)``): what the loop would cost if the paper's 10 epochs of minibatch updates were free.
+"GEMM floor" is the ratio the loop could not beat even if acting cost nothing beyond the env and the update were
+nothing but its matrix products: each round also times, on their own, the forward, input-gradient and
+weight-gradient products of every Linear layer of both nets for all 160 minibatches of 128 (the same shapes, on this
+machine's BLAS), and the floor is (raw + those products) / raw.
 
 The env is stationary Ant (friction fixed at 1). CBP runs in its steady state: its maturity is lowered from the
 paper's 10,000 updates (128k env steps, more than a benchmark runs) to ``--cbp-maturity`` (default 100), so units
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -28,6 +33,29 @@ from _timing import interleaved, median
 
 from lopbook.rl.envs import make_vec_env
 from lopbook.rl.ppo import PPO, config_for, random_steps_per_second
+
+
+def matmul_side(agent: PPO, cfg) -> Callable[[], float]:
+    """Time the update's matrix products alone (seconds per env step): a lower bound on the update's cost."""
+    mb = cfg.num_steps // cfg.num_minibatches
+    ops = []
+    for net in (agent.actor.mean_net, agent.critic.value_net):
+        linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+        ops += [(torch.randn(mb, m.in_features), m.weight.detach().clone(), torch.randn(mb, m.out_features), i > 0)
+                for i, m in enumerate(linears)]
+    n = cfg.update_epochs * cfg.num_minibatches
+
+    def side() -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            for x, w, g, needs_input_grad in ops:
+                torch.mm(x, w.T)           # forward
+                torch.mm(g.T, x)           # weight gradient
+                if needs_input_grad:       # the first layer's input (the observation) needs no gradient
+                    torch.mm(g, w)
+        return (time.perf_counter() - t0) / cfg.num_steps
+
+    return side
 
 
 def bench(variant: str, env_id: str, n: int, rounds: int, cbp_maturity: int, fused_adam: bool) -> dict[str, float]:
@@ -59,13 +87,13 @@ def bench(variant: str, env_id: str, n: int, rounds: int, cbp_maturity: int, fus
 
     for _ in range(2 if cfg.method else 1):  # warm-up; with CBP, until units are mature and get replaced
         agent.train_iteration()
-    times = interleaved({"ppo": ppo, "raw": raw}, rounds)
+    times = interleaved({"ppo": ppo, "raw": raw, "matmul": matmul_side(agent, cfg)}, rounds)
     replaced = agent.iters["replaced"][-1]
     agent.close()
     raw_env.close()
     return {"raw_sps": 1 / median(times["raw"]), "ppo_sps": 1 / median(times["ppo"]),
             "ratio": median(times["ppo"]) / median(times["raw"]), "cpu_ratio": median(cpu["ppo"]) / median(cpu["raw"]),
-            "share": float(np.median(shares)),
+            "share": float(np.median(shares)), "floor": 1 + median(times["matmul"]) / median(times["raw"]),
             "replaced": replaced}
 
 
@@ -81,7 +109,7 @@ def main() -> None:
     torch.set_num_threads(1)
     print("fused Adam" if args.fused_adam else "torch's default Adam (bit-identical to the reference loop)")
     print(f"{'env':<8} {'variant':<7} {'envs':>4} {'raw env sps':>11} {'PPO sps':>8} {'ratio':>6} {'(CPU s)':>7}  "
-          f"update share  acting only  units replaced  load avg (1 min) before/after; medians over {args.rounds} "
+          f"update share  acting only  GEMM floor  units replaced  load avg (1 min) before/after; medians over {args.rounds} "
           "rounds")
     for n in args.num_envs:
         for variant in args.variants:
@@ -89,7 +117,7 @@ def main() -> None:
             r = bench(variant, args.env, n, args.rounds, args.cbp_maturity, args.fused_adam)
             print(f"{args.env:<8} {variant:<7} {n:>4} {r['raw_sps']:>11.0f} {r['ppo_sps']:>8.0f} "
                   f"{r['ratio']:>5.2f}x {r['cpu_ratio']:>6.2f}x  {r['share']:>11.0%}  "
-                  f"{r['ratio'] * (1 - r['share']):>10.2f}x  {r['replaced']:>14}  "
+                  f"{r['ratio'] * (1 - r['share']):>10.2f}x  {r['floor']:>9.2f}x  {r['replaced']:>14}  "
                   f"{load0:.1f}/{os.getloadavg()[0]:.1f}", flush=True)
 
 
