@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lopbook import plots
+from lopbook.stats import t_interval
 
 
 def test_bin_mean_by_hand():
@@ -15,13 +16,17 @@ def test_bin_mean_by_hand():
         plots.bin_mean(x, 6)
 
 
-def test_band_is_mean_plus_minus_1_96_standard_errors():
+def test_band_is_mean_plus_minus_student_t_standard_errors():
     runs = np.array([[1.0, 2.0], [3.0, 2.0], [5.0, 2.0]])
     mean, lo, hi = plots.mean_and_band(runs)
     se = 2.0 / np.sqrt(3)  # sample std of (1, 3, 5) is 2
     np.testing.assert_allclose(mean, [3, 2])
-    np.testing.assert_allclose(hi - mean, [1.96 * se, 0])
-    np.testing.assert_allclose(mean - lo, [1.96 * se, 0])
+    np.testing.assert_allclose(hi - mean, [4.302653 * se, 0], rtol=1e-6)  # t quantile, 2 degrees of freedom
+    np.testing.assert_allclose(mean - lo, [4.302653 * se, 0], rtol=1e-6)
+    m, t_lo, t_hi = t_interval(runs[:, 0])  # the figures' band is the text's interval
+    assert (m, t_lo, t_hi) == pytest.approx((mean[0], lo[0], hi[0]))
+    _, lo2, hi2 = plots.mean_and_band(np.array([[0.0], [2.0]]))  # two seeds: 12.71 standard errors of 1
+    np.testing.assert_allclose([lo2[0], hi2[0]], [1 - 12.7062, 1 + 12.7062], rtol=1e-5)
     m1, lo1, hi1 = plots.mean_and_band(np.array([4.0, 5.0]))  # one run: no band
     np.testing.assert_allclose(lo1, hi1)
 

@@ -12,8 +12,8 @@ from lopbook.results import Result
 def test_ci_is_the_figures_95_percent_band():
     values = np.array([1.0, 3.0, 5.0])  # sample std 2
     mean, half = report.mean_ci(values)
-    assert mean == 3.0 and half == pytest.approx(1.96 * 2 / np.sqrt(3))
-    assert report.ci(values) == f"3.00 ± {1.96 * 2 / np.sqrt(3):.2f}"
+    assert mean == 3.0 and half == pytest.approx(4.302653 * 2 / np.sqrt(3))  # Student-t, 2 degrees of freedom
+    assert report.ci(values) == "3.00 ± 4.97"
     assert report.ci([0.5, 0.5], digits=1, scale=100, unit="%") == "50.0% ± 0.0%"
     with pytest.raises(ValueError, match="at least one value"):
         report.mean_ci([])
