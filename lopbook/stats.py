@@ -16,7 +16,8 @@ __all__ = ["t_quantile", "t_interval", "sliding_means"]
 def t_quantile(n: int, level: float = 0.95) -> float:
     """The two-sided Student-t multiplier of the standard error for a ``level`` interval over ``n`` values
     (``n - 1`` degrees of freedom): 12.71 for 2 seeds, 4.30 for 3, 2.26 for 10, 1.96 in the limit."""
-    from scipy import stats  # only the chapters' summaries and figures need scipy; keep it off lopbook's import path
+    # scipy only for the chapters' summaries and figures: keep it off lopbook's import path
+    from scipy import stats
 
     if n < 2:
         raise ValueError(f"an interval needs at least 2 values (one per seed), got {n}")
