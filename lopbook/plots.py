@@ -155,10 +155,15 @@ def _rgba(hex_color: str, alpha: float) -> str:
     return f"rgba({r},{g},{b},{alpha})"
 
 
+SHOW_RUNS_UP_TO = 3  # with this few seeds a band says little: draw every seed's run as well
+
+
 def band_traces(x: np.ndarray, runs: np.ndarray, name: str, col: str | None = None,
                 visible: bool | str = True, legendgroup: str | None = None, dash: str = "solid",
                 bounds: Bounds = (None, None)) -> list[go.Scatter]:
-    """A mean line and a shaded 95% band over seeds (``runs`` has shape seeds x points).
+    """A mean line and a shaded 95% band over seeds (``runs`` has shape seeds x points); with at most
+    :data:`SHOW_RUNS_UP_TO` seeds, also each seed's own run as a thin line (the band of 2 seeds is 12.7
+    standard errors wide, and the runs show what it is made of).
 
     The band is clipped to ``bounds`` (the quantity's possible range; a band over few seeds can otherwise run
     past 100% or below 0).
@@ -172,11 +177,16 @@ def band_traces(x: np.ndarray, runs: np.ndarray, name: str, col: str | None = No
     band = go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]), fill="toself",
                       mode="lines", fillcolor=_rgba(col, 0.18), line={"width": 0}, hoverinfo="skip",
                       showlegend=False, legendgroup=group, visible=visible, name=f"{name} 95% CI")
+    runs2 = np.asarray(runs, dtype=float).reshape(-1, len(x))
+    seeds = [go.Scatter(x=x, y=run, mode="lines", line={"color": col, "width": 1, "dash": dash}, opacity=0.5,
+                        hoverinfo="skip", showlegend=False, legendgroup=group, visible=visible,
+                        name=f"{name} seed {k}")
+             for k, run in enumerate(runs2)] if 1 < len(runs2) <= SHOW_RUNS_UP_TO else []
     few = len(x) <= 20  # few points: mark them on the mean line, never on the band
     line = go.Scatter(x=x, y=mean, name=name, mode="lines+markers" if few else "lines",
                       line={"color": col, "width": 2, "dash": dash}, marker={"size": 5},
                       legendgroup=group, visible=visible)
-    return [band, line]
+    return [band, *seeds, line]
 
 
 REFERENCE_DASHES = ("dot", "dash", "dashdot", "longdashdot")
@@ -205,17 +215,19 @@ def curves_figure(x: np.ndarray, curves: Mapping[str, np.ndarray], *, title: str
     labels = list(curves)
     bounds = bounds if bounds is not None else value_bounds(list(curves.values()), yaxis)
     style = styles(labels)
-    for label in labels:
+    owner: list[int] = []  # the curve each trace belongs to (-1: a reference line, always shown)
+    for i, label in enumerate(labels):
         col, dash = style[label]
         for tr in band_traces(np.asarray(x), curves[label], label, col, dash=dash, bounds=bounds):
             fig.add_trace(tr)
-    n_curves = len(fig.data)
+            owner.append(i)
     for tr in reference_traces(np.asarray(x), reference or {}):
         fig.add_trace(tr)
+        owner.append(-1)
     n = len(fig.data)
     buttons = [{"label": "all methods", "method": "update", "args": [{"visible": [True] * n}]}]
     for i, label in enumerate(labels):
-        vis = [j // 2 == i if j < n_curves else True for j in range(n)]
+        vis = [o in (i, -1) for o in owner]
         buttons.append({"label": label, "method": "update", "args": [{"visible": vis}]})
     fig.update_layout(hovermode="x unified",
                       updatemenus=[{"buttons": buttons, "direction": "down", **MENU_POSITION}])

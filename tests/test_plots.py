@@ -33,7 +33,7 @@ def test_band_is_mean_plus_minus_student_t_standard_errors():
 
 def test_curves_figure_has_a_band_and_line_per_method_and_working_buttons():
     x = np.arange(4)
-    fig = plots.curves_figure(x, {"bp": np.ones((2, 4)), "cbp_1e-4": np.zeros((2, 4))}, title="t",
+    fig = plots.curves_figure(x, {"bp": np.ones((4, 4)), "cbp_1e-4": np.zeros((4, 4))}, title="t",
                               xaxis="x", yaxis="y", reference={"paper": 0.5})
     assert len(fig.data) == 5  # band + mean per method, and the reference level as a legend entry
     assert fig.data[1].line.color == plots.METHOD_COLORS["bp"]
@@ -42,6 +42,21 @@ def test_curves_figure_has_a_band_and_line_per_method_and_working_buttons():
     buttons = fig.layout.updatemenus[0].buttons
     assert [b.label for b in buttons] == ["all methods", "bp", "cbp_1e-4"]
     assert buttons[2].args[0]["visible"] == [False, False, True, True, True]  # references stay visible
+
+
+def test_with_few_seeds_each_run_is_drawn_and_the_buttons_follow():
+    x = np.arange(4)
+    bp = np.array([[1.0, 2, 3, 4], [3, 2, 1, 0]])
+    fig = plots.curves_figure(x, {"bp": bp, "cbp": np.zeros((2, 4))}, title="t", xaxis="x", yaxis="y",
+                              reference={"paper": 0.5})
+    assert [tr.name for tr in fig.data] == ["bp 95% CI", "bp seed 0", "bp seed 1", "bp",
+                                            "cbp 95% CI", "cbp seed 0", "cbp seed 1", "cbp", "paper"]
+    assert list(fig.data[1].y) == [1, 2, 3, 4] and list(fig.data[2].y) == [3, 2, 1, 0]
+    assert list(fig.data[3].y) == [2, 2, 2, 2]  # the mean, drawn last so it stays on top
+    assert not fig.data[1].showlegend and fig.data[1].legendgroup == fig.data[3].legendgroup  # one legend toggle
+    assert fig.layout.updatemenus[0].buttons[2].args[0]["visible"] == [False] * 4 + [True] * 5
+    assert len(plots.band_traces(x, np.zeros((plots.SHOW_RUNS_UP_TO + 1, 4)), "bp")) == 2  # many seeds: band only
+    assert len(plots.band_traces(x, np.zeros((1, 4)), "bp")) == 2  # one run is the mean line itself
 
 
 def test_bands_are_clipped_to_the_quantitys_range():
@@ -59,9 +74,9 @@ def test_bands_are_clipped_to_the_quantitys_range():
 
 
 def test_band_has_no_markers_and_few_points_get_markers_on_the_mean_only():
-    band, line = plots.band_traces(np.arange(5), np.ones((2, 5)), "bp")
+    band, line = plots.band_traces(np.arange(5), np.ones((5, 5)), "bp")
     assert band.mode == "lines" and line.mode == "lines+markers"
-    band, line = plots.band_traces(np.arange(50), np.ones((2, 50)), "bp")
+    band, line = plots.band_traces(np.arange(50), np.ones((5, 50)), "bp")
     assert band.mode == "lines" and line.mode == "lines"
 
 
@@ -95,12 +110,15 @@ def test_task_slider_restyles_bars_from_zero_without_animation_frames():
 
 def test_metric_dropdown_shows_one_metric_at_a_time():
     x = np.arange(3)
-    fig = plots.metric_dropdown_figure(x, {"dead": {"bp": np.ones((2, 3))}, "rank": {"bp": np.ones((2, 3)),
-                                                                                   "cbp": np.ones((2, 3))}},
+    fig = plots.metric_dropdown_figure(x, {"dead": {"bp": np.ones((4, 3))}, "rank": {"bp": np.ones((4, 3)),
+                                                                                   "cbp": np.ones((4, 3))}},
                                        title="m", xaxis="x")
     assert [tr.visible for tr in fig.data] == [True, True, False, False, False, False]
     rank_button = fig.layout.updatemenus[0].buttons[1]
     assert rank_button.args[0]["visible"] == [False, False, True, True, True, True]
+    few = plots.metric_dropdown_figure(x, {"dead": {"bp": np.ones((2, 3))}, "rank": {"bp": np.ones((2, 3))}},
+                                       title="m", xaxis="x")  # 2 seeds: band, 2 runs, mean per metric
+    assert few.layout.updatemenus[0].buttons[1].args[0]["visible"] == [False] * 4 + [True] * 4
 
 
 @pytest.mark.parametrize("frictions, title, lines", [
