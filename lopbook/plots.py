@@ -306,19 +306,33 @@ def slippery_ant_returns_figure(result) -> go.Figure:
     return fig
 
 
+ANT_METRIC_POINTS = 250  # at most this many points per curve: a 10M-step run has ~4,900 PPO iterations
+
+
 def slippery_ant_metrics_figure(result) -> go.Figure:
-    """Dropdown over the plasticity metrics of the policy net (95% band over seeds)."""
+    """Dropdown over the plasticity metrics of the policy net (95% band over seeds).
+
+    A long run is averaged over blocks of consecutive PPO iterations, to at most :data:`ANT_METRIC_POINTS` points
+    per curve (the page stays light; the title says how many iterations a point is), each placed at its block's
+    last step."""
     width = int(result.meta["config"]["hidden"][-1])
+    steps = np.asarray(result["iter_step"])
+    block = -(-len(steps) // ANT_METRIC_POINTS)
+
+    def thin(values: np.ndarray) -> np.ndarray:
+        return bin_mean(np.asarray(values, float), block) if block > 1 else values
+
     metrics = {
-        "dormant policy units (%)": _ant_curves(result, 100 * result["dormant"].mean(-1)),
+        "dormant policy units (%)": _ant_curves(result, thin(100 * result["dormant"].mean(-1))),
         f"stable rank of the last policy hidden layer (% of {width})":
-            _ant_curves(result, 100 * result["stable_rank"] / width),
-        "mean |W|, policy hidden->hidden layer": _ant_curves(result, result["weight_mag"][..., 1]),
-        "mean |W|, policy output layer": _ant_curves(result, result["weight_mag"][..., -1]),
-        "units re-initialised so far (CBP / ReDo, both nets)": _ant_curves(result, result["replaced"]),
+            _ant_curves(result, thin(100 * result["stable_rank"] / width)),
+        "mean |W|, policy hidden->hidden layer": _ant_curves(result, thin(result["weight_mag"][..., 1])),
+        "mean |W|, policy output layer": _ant_curves(result, thin(result["weight_mag"][..., -1])),
+        "units re-initialised so far (CBP / ReDo, both nets)": _ant_curves(result, thin(result["replaced"])),
     }
-    return metric_dropdown_figure(result["iter_step"], metrics, title="Inside the policy network",
-                                  xaxis="env steps")
+    x = steps[block - 1::block][: len(steps) // block] if block > 1 else steps
+    title = "Inside the policy network" + (f" (each point: mean of {block} PPO iterations)" if block > 1 else "")
+    return metric_dropdown_figure(x, metrics, title=title, xaxis="env steps")
 
 # --- permuted MNIST ---
 

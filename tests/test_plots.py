@@ -132,3 +132,25 @@ def test_ant_returns_figure_marks_friction_changes_or_says_it_is_fixed(frictions
     fig = plots.slippery_ant_returns_figure(result)
     assert title in fig.layout.title.text
     assert sorted(s.x0 for s in fig.layout.shapes) == lines
+
+
+def test_ant_metrics_of_a_long_run_are_block_means_at_most_250_points():
+    from lopbook.results import Result
+
+    n_it, seeds = 1001, 2
+    steps = 2048 * np.arange(1, n_it + 1)
+    dormant = np.broadcast_to(np.arange(n_it, dtype=float)[None, None, :, None] / n_it, (2, seeds, n_it, 2))
+    result = Result({"methods": np.array(["bp", "cbp"]), "iter_step": steps, "dormant": dormant,
+                     "stable_rank": np.ones((2, seeds, n_it)), "weight_mag": np.ones((2, seeds, n_it, 3)),
+                     "replaced": np.zeros((2, seeds, n_it))}, {"config": {"hidden": [256, 256]}})
+    fig = plots.slippery_ant_metrics_figure(result)
+    block = 5  # ceil(1001 / 250)
+    assert f"mean of {block} PPO iterations" in fig.layout.title.text.replace("<br>", " ")
+    mean_line = next(tr for tr in fig.data if tr.name == plots.SLIPPERY_ANT_LABELS["bp"])
+    assert len(mean_line.x) == 200 and mean_line.x[0] == steps[block - 1] and mean_line.x[-1] == steps[999]
+    np.testing.assert_allclose(mean_line.y[:2], [100 * np.mean(np.arange(0, 5)) / n_it,
+                                                 100 * np.mean(np.arange(5, 10)) / n_it])
+    short = Result({k: (v[..., :40, :] if v.ndim == 4 else v[..., :40]) if k != "methods" else v
+                    for k, v in result.arrays.items()}, result.meta)
+    short_fig = plots.slippery_ant_metrics_figure(short)
+    assert len(next(tr for tr in short_fig.data if tr.name == plots.SLIPPERY_ANT_LABELS["bp"]).x) == 40
