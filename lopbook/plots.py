@@ -177,11 +177,11 @@ def band_traces(x: np.ndarray, runs: np.ndarray, name: str, col: str | None = No
     band = go.Scatter(x=np.concatenate([x, x[::-1]]), y=np.concatenate([hi, lo[::-1]]), fill="toself",
                       mode="lines", fillcolor=_rgba(col, 0.18), line={"width": 0}, hoverinfo="skip",
                       showlegend=False, legendgroup=group, visible=visible, name=f"{name} 95% CI")
-    runs2 = np.asarray(runs, dtype=float).reshape(-1, len(x))
+    per_seed = np.asarray(runs, dtype=float).reshape(-1, len(x))
     seeds = [go.Scatter(x=x, y=run, mode="lines", line={"color": col, "width": 1, "dash": dash}, opacity=0.5,
                         hoverinfo="skip", showlegend=False, legendgroup=group, visible=visible,
                         name=f"{name} seed {k}")
-             for k, run in enumerate(runs2)] if 1 < len(runs2) <= SHOW_RUNS_UP_TO else []
+             for k, run in enumerate(per_seed)] if 1 < len(per_seed) <= SHOW_RUNS_UP_TO else []
     few = len(x) <= 20  # few points: mark them on the mean line, never on the band
     line = go.Scatter(x=x, y=mean, name=name, mode="lines+markers" if few else "lines",
                       line={"color": col, "width": 2, "dash": dash}, marker={"size": 5},
