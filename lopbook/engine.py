@@ -339,10 +339,14 @@ class Engine:
         if n_steps == 0:
             raise ValueError(f"task {task.name!r} has {len(x)} examples, fewer than batch_size={cfg.batch_size} "
                              f"with drop_last=True: no update would run; lower the batch size or set drop_last=False")
-        # per-step correct counts and mean losses stay on the device (as 0-d tensors: appending them launches
-        # no kernel) until the task ends, when they are stacked and copied to the host once
-        acc_log: list[Tensor] = []
-        loss_log: list[Tensor] = []
+        # Per-step correct counts and mean losses. On an accelerator they stay there as 0-d tensors (appending one
+        # launches no kernel and waits for nothing) until the task ends, when they are stacked and copied to the
+        # host once. On the CPU they are read at once (.item() costs nothing there): a task's worth of small
+        # tensors kept alive between each step's large gradient buffers would fragment malloc's heap, and at
+        # batch 1 on the paper's MLP the process grew to several GB.
+        on_host = self.device.type == "cpu"
+        acc_log: list[Tensor | int] = []
+        loss_log: list[Tensor | float] = []
         epoch_ends: list[int] = []
         epoch_test: list[tuple[float, float]] = []
         step = 0
@@ -375,10 +379,11 @@ class Engine:
                 for m in self.methods:
                     m.step()
                 # from the forward pass before the update: the online measure
-                loss_log.append(loss.detach())
+                loss_log.append(loss.item() if on_host else loss.detach())
                 if out.ndim == 2:
                     with torch.no_grad():
-                        acc_log.append((out.detach().argmax(1) == yb).sum())
+                        correct = (out.detach().argmax(1) == yb).sum()
+                        acc_log.append(correct.item() if on_host else correct)
                 step += 1
                 self.steps_done += 1
             epoch_ends.append(step)
@@ -386,11 +391,10 @@ class Engine:
                 epoch_test.append(self.evaluate(xt, yt, task.transform))  # type: ignore[arg-type]
             hooks.on_epoch_end(self, t, task, epoch)
 
-        # the single host transfer of the task's per-step logs
+        # the per-step logs as host arrays (from an accelerator: one transfer)
         size_h = sizes_h
-        loss_h = torch.stack(loss_log).float().cpu().numpy().astype(np.float64) * size_h
-        acc_h = (torch.stack(acc_log).float().cpu().numpy().astype(np.float64) if acc_log
-                 else np.zeros(n_steps))
+        loss_h = _to_host(loss_log) * size_h
+        acc_h = _to_host(acc_log) if acc_log else np.zeros(n_steps)
         total = size_h.sum()
         log["online_acc"] = acc_h.sum() / total
         log["online_loss"] = loss_h.sum() / total
@@ -435,6 +439,14 @@ class Engine:
             self.scaler.load_state_dict(state["scaler"])
         self.steps_done = int(state["steps_done"])
         set_rng_state(state["rng"], self.generator)
+
+
+def _to_host(values: list[Tensor] | list[float] | list[int]) -> np.ndarray:
+    """Per-step logs as float64: numbers read on the host, or 0-d tensors stacked and copied once (as float32,
+    the loss's own precision, so both routes give the same values)."""
+    if values and isinstance(values[0], Tensor):
+        return torch.stack(values).float().cpu().numpy().astype(np.float64)  # type: ignore[arg-type]
+    return np.asarray(values, dtype=np.float32).astype(np.float64)
 
 
 def _segment_means(sums: np.ndarray, sizes: np.ndarray, edges: np.ndarray) -> np.ndarray:
