@@ -115,8 +115,8 @@ def show(fig: go.Figure) -> None:
 def mean_and_band(runs: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean over axis 0 (seeds) and its ``level`` Student-t confidence band, pointwise.
 
-    The t quantile, not the normal 1.96: with the few seeds a CPU affords the difference is large (12.7 standard
-    errors for 2 seeds, 2.78 for 5), and the band then agrees with :func:`lopbook.stats.t_interval`. One run has no
+    The t quantile, not the normal 1.96: with the few seeds a CPU affords the difference is large (a half-width
+    of 12.7 standard errors for 2 seeds, 2.78 for 5), and the band then agrees with :func:`lopbook.stats.t_interval`. One run has no
     band (lower = upper = the run).
     """
     runs = np.asarray(runs, dtype=float)
@@ -162,8 +162,8 @@ def band_traces(x: np.ndarray, runs: np.ndarray, name: str, col: str | None = No
                 visible: bool | str = True, legendgroup: str | None = None, dash: str = "solid",
                 bounds: Bounds = (None, None)) -> list[go.Scatter]:
     """A mean line and a shaded 95% band over seeds (``runs`` has shape seeds x points); with at most
-    :data:`SHOW_RUNS_UP_TO` seeds, also each seed's own run as a thin line (the band of 2 seeds is 12.7
-    standard errors wide, and the runs show what it is made of).
+    :data:`SHOW_RUNS_UP_TO` seeds, also each seed's own run as a thin line (the band of 2 seeds reaches 12.7
+    standard errors either side of the mean, and the runs show what it is made of).
 
     The band is clipped to ``bounds`` (the quantity's possible range; a band over few seeds can otherwise run
     past 100% or below 0).
