@@ -20,7 +20,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from .plots import mean_and_band
-from .results import Result
+from .results import Result, short_commit
 
 ADMONITION_KINDS = ("note", "tip", "important", "warning", "caution")
 
@@ -106,7 +106,7 @@ def scale_lines(result: Result) -> tuple[str, list[str], str]:
         data += f": {ds['note']}"
     lines.append(f"Data: {data}")
     lines.append(f"Scale: {scale.get('note') or ('the paper’s' if paper_scale else 'reduced')}")
-    commit = str(m.get("git_commit") or "unknown")[:10]
+    commit = short_commit(m.get("git_commit"))
     lines.append(f"Seeds: {len(m.get('seeds', []))}; device {m.get('device')}; "
                  f"{float(m.get('wall_time_s', 0)) / 60:,.0f} min wall time; commit {commit}; "
                  f"created {str(m.get('created', '?'))[:10]}")

@@ -97,8 +97,16 @@ class Result:
             scale_txt += f" ({scale['note']})"
         return (f"Result `{m.get('experiment')}/{m.get('preset')}`: data {data}; {scale_txt}; "
                 f"{len(m.get('seeds', []))} seeds; device {m.get('device')}; "
-                f"{m.get('wall_time_s', 0):.0f} s wall time; commit {str(m.get('git_commit'))[:10]}; "
+                f"{m.get('wall_time_s', 0):.0f} s wall time; commit {short_commit(m.get('git_commit'))}; "
                 f"created {m.get('created')}.")
+
+
+def short_commit(commit: str | None) -> str:
+    """A result's ``git_commit`` as text: 10 hex digits, or each commit's 10 for a sweep built across commits."""
+    text = str(commit or "unknown")
+    if text.startswith("mixed: "):
+        return "mixed (" + ", ".join(c.strip()[:10] for c in text[len("mixed: "):].split(",")) + ")"
+    return text[:10]
 
 
 def git_commit() -> str | None:

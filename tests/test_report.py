@@ -48,3 +48,5 @@ def test_scale_note_says_stand_in_and_scale():
                      "Seeds: 2; device cpu; 10 min wall time; commit abcdef1234; created 2026-11-25"]
     meta["dataset"]["stand_in"], meta["scale"]["paper_scale"] = False, True
     assert report.scale_lines(Result({}, meta))[2] == "tip"
+    meta["git_commit"] = "mixed: 2508f1114306cf9e, d504364f4b95cba3"  # a sweep whose runs span commits
+    assert "commit mixed (2508f11143, d504364f4b); " in report.scale_lines(Result({}, meta))[1][-1]
