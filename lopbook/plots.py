@@ -116,8 +116,8 @@ def mean_and_band(runs: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np
     """Mean over axis 0 (seeds) and its ``level`` Student-t confidence band, pointwise.
 
     The t quantile, not the normal 1.96: with the few seeds a CPU affords the difference is large (a half-width
-    of 12.7 standard errors for 2 seeds, 2.78 for 5), and the band then agrees with :func:`lopbook.stats.t_interval`. One run has no
-    band (lower = upper = the run).
+    of 12.7 standard errors for 2 seeds, 2.78 for 5), and the band then agrees with
+    :func:`lopbook.stats.t_interval`. One run has no band (lower = upper = the run).
     """
     runs = np.asarray(runs, dtype=float)
     if runs.ndim == 1:

@@ -101,11 +101,19 @@ class Result:
                 f"created {m.get('created')}.")
 
 
+_MIXED = "mixed: "  # the prefix of a ``git_commit`` that lists several commits
+
+
+def combined_commit(commits: list[str]) -> str:
+    """The ``git_commit`` of a result built from runs of ``commits`` (one, or several: "mixed: a, b")."""
+    return commits[0] if len(commits) == 1 else _MIXED + ", ".join(commits)
+
+
 def short_commit(commit: str | None) -> str:
     """A result's ``git_commit`` as text: 10 hex digits, or each commit's 10 for a sweep built across commits."""
     text = str(commit or "unknown")
-    if text.startswith("mixed: "):
-        return "mixed (" + ", ".join(c.strip()[:10] for c in text[len("mixed: "):].split(",")) + ")"
+    if text.startswith(_MIXED):
+        return "mixed (" + ", ".join(c.strip()[:10] for c in text[len(_MIXED):].split(",")) + ")"
     return text[:10]
 
 

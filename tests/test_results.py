@@ -106,3 +106,10 @@ def test_missing_cached_result_names_the_command(tmp_path: Path, monkeypatch: py
         load_cached("scr", "full")
     save_result(Result({"v": np.ones(1)}, make_meta()), tmp_path / "scr" / "full.npz")
     assert load_cached("scr", "full")["v"][0] == 1
+
+
+def test_combined_commit_reads_back_as_each_short_commit():
+    one, two = "a" * 40, "0123456789abcdef"
+    assert results.combined_commit([one]) == one and results.short_commit(one) == "a" * 10
+    assert results.short_commit(results.combined_commit([one, two])) == "mixed (aaaaaaaaaa, 0123456789)"
+    assert results.short_commit(None) == "unknown"

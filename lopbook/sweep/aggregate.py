@@ -14,7 +14,15 @@ import numpy as np
 from lopbook import experiments
 from lopbook.errors import OutputError
 from lopbook.locking import OutputLock
-from lopbook.results import Result, ResultError, _json_default, load_result, provenance, save_result
+from lopbook.results import (
+    Result,
+    ResultError,
+    _json_default,
+    combined_commit,
+    load_result,
+    provenance,
+    save_result,
+)
 from lopbook.sweep.config import SweepConfig, SweepConfigError, Variant
 from lopbook.sweep.state import run_state, status
 
@@ -276,7 +284,7 @@ def aggregate(sweep: SweepConfig, *, write: bool = True, target: str | os.PathLi
                              "note": scale_note},
                       command=f"python -m lopbook sweep aggregate {src}")
     meta["config"] = json.loads(json.dumps(meta["config"], default=_json_default))
-    meta["git_commit"] = commits[0] if len(commits) == 1 else "mixed: " + ", ".join(commits)
+    meta["git_commit"] = combined_commit(commits)
     meta["versions"] = first["versions"]
     meta["sweep"] = {"name": sweep.name, "config_file": src, "partial": bool(missing),
                      "variants": [{"id": v.id, "label": v.label, "overrides": v.overrides} for v in kept],
