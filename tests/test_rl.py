@@ -325,3 +325,18 @@ def test_fused_adam_matches_default_up_to_rounding(variant):
     assert any(not torch.equal(x, y) for x, y in pairs)  # really another kernel, not the same arithmetic
     plain.close()
     fused.close()
+
+
+def test_full_scale_appendix_states_the_cached_stationary_ant_cost():
+    """The appendix's cost sentence for chapter 5's 10M-step runs matches data/slippery_ant/ant_cpu.npz."""
+    from pathlib import Path
+
+    from lopbook.results import load_result
+
+    root = Path(__file__).resolve().parent.parent
+    res = load_result(root / "data" / "slippery_ant" / "ant_cpu.npz")
+    text = " ".join((root / "book" / "appendix" / "full_scale.md").read_text().split())
+    hours, median_sps = res.meta["wall_time_s"] / 3600, float(np.median(res["sps"]))
+    assert f"took {hours:.0f} h of wall time in all" in text
+    assert f"a median of ≈ {round(median_sps, -1):.0f} steps/s per PPO iteration" in text
+    assert f"≈ {20e6 / median_sps / 3600:.0f} h per 20M on a free core" in text
